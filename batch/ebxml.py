@@ -1,0 +1,703 @@
+"""Spine ebXML messaging: MIME framing, SOAP/ebXML headers, acknowledgements and errors.
+
+Transport envelope only: no HTTP and no knowledge of the HL7 payload (spec ebxml-transport.md §2-§4).
+"""
+
+import base64
+import binascii
+import itertools
+import quopri
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.message import Message
+from urllib.parse import unquote
+
+from lxml import etree
+
+from batch.xmlsafe import XmlError, parse_xml
+
+SERVICE = "urn:nhs:names:services:cpisquery"
+ACTION_QUERY = "QUPC_IN000006GB01"
+REPLY_ACTIONS = frozenset({"REPC_IN000007GB01", "QUQI_IN010000UK14", "MCCI_IN010000UK13"})
+BOUNDARY = "--=_MIME-Boundary"
+EBXML_CONTENT_ID = "ebXMLHeader@spine.nhs.uk"
+CONTENT_ID_DOMAIN = "spine.nhs.uk"
+CONTENT_TYPE = f'multipart/related; boundary="{BOUNDARY}"; type="text/xml"; start="<{EBXML_CONTENT_ID}>"'
+# Content-Type of our acknowledgement and MessageError responses (§4.4).
+SIGNAL_CONTENT_TYPE = "text/xml; charset=UTF-8"
+MSH_SERVICE = "urn:oasis:names:tc:ebxml-msg:service"
+PARTY_TYPE = "urn:nhs:names:partyType:ocs+serviceInstance"
+RETRIABLE_FAULT_CODES = frozenset({"200", "206", "208"})
+
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+EB_NS = "http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd"
+HL7EBXML_NS = "urn:hl7-org:transport/ebXML/DSTUv1.0"
+# NHS code also writes the lowercase spelling; inbound accepts both (§2.3).
+HL7EBXML_NS_ALT = "urn:hl7-org:transport/ebxml/DSTUv1.0"
+XLINK_NS = "http://www.w3.org/1999/xlink"
+NASP_NS = "http://national.carerecords.nhs.uk/schema/"
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+_NSMAP = {"SOAP": SOAP_NS, "eb": EB_NS, "hl7ebxml": HL7EBXML_NS, "xlink": XLINK_NS}
+_NS = {"SOAP": SOAP_NS, "eb": EB_NS, "nasp": NASP_NS, "xlink": XLINK_NS}
+_TO_PARTY_MSH = "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH"
+_NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
+_ERROR_CODE_CONTEXT = "urn:oasis:names:tc:ebxml-msg:service:errors"
+_CRLF = b"\r\n"
+_XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
+_DELIMITER = b"--" + BOUNDARY.encode("ascii")
+_XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml"})
+_UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
+_MAX_DESCRIPTION = 500
+
+_UPPER_UUID = re.compile(r"[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}")
+_SERVICE_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9.+_-]*(?::[A-Za-z0-9.+_-]+)+")
+_ACTION_TOKEN = re.compile(r"[A-Za-z0-9_]+")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+
+
+def _q(namespace: str, name: str) -> str:
+    return f"{{{namespace}}}{name}"
+
+
+@dataclass(frozen=True)
+class MessageHeader:
+    from_party: str
+    to_party: str
+    cpa_id: str
+    conversation_id: str
+    service: str
+    action: str
+    message_id: str
+    timestamp: str
+    ref_to_message_id: str | None = None
+
+
+@dataclass(frozen=True)
+class EbxmlMessage:
+    header: MessageHeader
+    hl7: bytes | None
+    soap_action: str | None
+
+
+class EbxmlParseError(ValueError):
+    """The MIME framing or the ebXML header cannot be read (the endpoint answers HTTP 500, plain text)."""
+
+
+@dataclass(frozen=True)
+class HeaderProblem:
+    error_code: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Accepted:
+    pass
+
+
+@dataclass(frozen=True)
+class Rejected:
+    code: str
+    description: str
+    retriable: bool
+
+
+SyncAnswer = Accepted | Rejected
+
+
+def utc_timestamp(moment: datetime) -> str:
+    """ebXML timestamp, UTC to the second (decision f)."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("ebXML timestamps need a timezone-aware datetime")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- validation of values that end up in MIME or HTTP headers -------------------------------------------
+
+
+def _require_message_id(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _UPPER_UUID.fullmatch(value):
+        raise ValueError(f"{what} must be an uppercase UUID")
+    return value
+
+
+def _require_text(value: str | None, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} must be a non-empty string")
+    return value
+
+
+def _require_line(value: str | None, what: str) -> str:
+    # A line break inside the SOAP part could forge a MIME delimiter; header values never need one.
+    text = _require_text(value, what)
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise ValueError(f"{what} must not contain control characters")
+    return text
+
+
+def _validate_outbound(header: MessageHeader) -> None:
+    _require_message_id(header.message_id, "message_id")
+    if not _SERVICE_TOKEN.fullmatch(header.service):
+        raise ValueError("service must be a URN without spaces or separators")
+    if not _ACTION_TOKEN.fullmatch(header.action):
+        raise ValueError("action must be an interaction id")
+    if not _TIMESTAMP.fullmatch(header.timestamp):
+        raise ValueError("timestamp must be UTC YYYY-MM-DDThh:mm:ssZ")
+    for name in ("from_party", "to_party", "cpa_id", "conversation_id"):
+        _require_line(getattr(header, name), name)
+    if header.ref_to_message_id is not None:
+        _require_line(header.ref_to_message_id, "ref_to_message_id")
+
+
+# --- building ---------------------------------------------------------------------------------------------
+
+
+def _el(parent: etree._Element, tag: str, text: str | None = None, **attrib: str) -> etree._Element:
+    element = etree.SubElement(parent, tag, attrib)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _envelope() -> tuple[etree._Element, etree._Element, etree._Element]:
+    envelope = etree.Element(_q(SOAP_NS, "Envelope"), nsmap=_NSMAP)
+    header = _el(envelope, _q(SOAP_NS, "Header"))
+    body = _el(envelope, _q(SOAP_NS, "Body"))
+    return envelope, header, body
+
+
+def _ext_attrs(actor: str | None = None) -> dict[str, str]:
+    attrs = {_q(SOAP_NS, "mustUnderstand"): "1", _q(EB_NS, "version"): "2.0"}
+    if actor is not None:
+        attrs[_q(SOAP_NS, "actor")] = actor
+    return attrs
+
+
+def _party(parent: etree._Element, tag: str, party_key: str) -> None:
+    wrapper = _el(parent, _q(EB_NS, tag))
+    party = _el(wrapper, _q(EB_NS, "PartyId"), party_key)
+    party.set(_q(EB_NS, "type"), PARTY_TYPE)
+
+
+def _message_header(soap_header: etree._Element, header: MessageHeader) -> None:
+    element = etree.SubElement(soap_header, _q(EB_NS, "MessageHeader"), _ext_attrs())
+    _party(element, "From", header.from_party)
+    _party(element, "To", header.to_party)
+    _el(element, _q(EB_NS, "CPAId"), header.cpa_id)
+    _el(element, _q(EB_NS, "ConversationId"), header.conversation_id)
+    _el(element, _q(EB_NS, "Service"), header.service)
+    _el(element, _q(EB_NS, "Action"), header.action)
+    data = _el(element, _q(EB_NS, "MessageData"))
+    _el(data, _q(EB_NS, "MessageId"), header.message_id)
+    _el(data, _q(EB_NS, "Timestamp"), header.timestamp)
+    if header.ref_to_message_id:
+        _el(data, _q(EB_NS, "RefToMessageId"), header.ref_to_message_id)
+
+
+def _serialise(root: etree._Element) -> bytes:
+    # lxml puts a bare LF after its own declaration; a constant one keeps the document on one CRLF-free line.
+    return _XML_DECLARATION + etree.tostring(root, xml_declaration=False, encoding="UTF-8")
+
+
+def _manifest(body: etree._Element, payload_cid: str) -> None:
+    manifest = etree.SubElement(body, _q(EB_NS, "Manifest"), _ext_attrs())
+    reference = _el(manifest, _q(EB_NS, "Reference"))
+    reference.set(_q(XLINK_NS, "href"), f"cid:{payload_cid}")
+    schema = _el(reference, _q(EB_NS, "Schema"))
+    schema.set(_q(EB_NS, "location"), "http://www.nhsia.nhs.uk/schemas/HL7-Message.xsd")
+    schema.set(_q(EB_NS, "version"), "1.0")
+    description = _el(reference, _q(EB_NS, "Description"), "HL7 payload")
+    description.set(_q(_XML_NS, "lang"), "en")
+    _el(reference, _q(HL7EBXML_NS, "Payload"), style="HL7", encoding="XML", version="3.0")
+
+
+def _mime_part(content_id: str, content: bytes) -> bytes:
+    return b"".join(
+        [
+            _DELIMITER + _CRLF,
+            b"Content-Id: <" + content_id.encode("ascii") + b">" + _CRLF,
+            b"Content-Type: text/xml; charset=UTF-8" + _CRLF,
+            b"Content-Transfer-Encoding: 8bit" + _CRLF,
+            _CRLF,
+            content,
+            _CRLF,
+        ]
+    )
+
+
+def build_message(
+    header: MessageHeader, hl7: bytes, *, sync_reply: bool = True
+) -> tuple[dict[str, str], bytes]:
+    """HTTP headers and multipart body for one ebXML message carrying an HL7 payload (§2)."""
+    _validate_outbound(header)
+    if not hl7:
+        raise ValueError("the HL7 payload is empty")
+    # A delimiter inside the payload would split it into bogus parts on the receiving side.
+    if _DELIMITER in hl7:
+        raise ValueError("the HL7 payload contains the MIME boundary")
+    payload_cid = f"{header.message_id}@{CONTENT_ID_DOMAIN}"
+
+    envelope, soap_header, soap_body = _envelope()
+    _message_header(soap_header, header)
+    if sync_reply:
+        etree.SubElement(soap_header, _q(EB_NS, "SyncReply"), _ext_attrs(_NEXT_ACTOR))
+    _manifest(soap_body, payload_cid)
+    soap = _serialise(envelope)
+    if _DELIMITER in soap:
+        raise ValueError("a header value contains the MIME boundary")
+
+    body = _mime_part(EBXML_CONTENT_ID, soap) + _mime_part(payload_cid, hl7) + _DELIMITER + b"--" + _CRLF
+    http_headers = {"Content-Type": CONTENT_TYPE, "SOAPAction": f"{header.service}/{header.action}"}
+    return http_headers, body
+
+
+def _signal_header(
+    *,
+    from_party: str,
+    to_party: str,
+    cpa_id: str,
+    conversation_id: str,
+    action: str,
+    message_id: str,
+    now: datetime,
+    ref_to_message_id: str,
+) -> tuple[etree._Element, etree._Element]:
+    _require_message_id(message_id, "message_id")
+    envelope, soap_header, _ = _envelope()
+    header = MessageHeader(
+        from_party=from_party,
+        to_party=to_party,
+        cpa_id=cpa_id,
+        conversation_id=conversation_id,
+        service=MSH_SERVICE,
+        action=action,
+        message_id=message_id,
+        timestamp=utc_timestamp(now),
+        ref_to_message_id=ref_to_message_id or None,
+    )
+    _message_header(soap_header, header)
+    return envelope, soap_header
+
+
+def build_acknowledgement(
+    inbound: MessageHeader, *, our_party_key: str, ack_message_id: str, now: datetime
+) -> bytes:
+    """Our eb:Acknowledgment for an accepted inbound message (§4.4); the HTTP 200 body."""
+    _require_text(our_party_key, "our_party_key")
+    _require_text(inbound.message_id, "inbound message_id")
+    envelope, soap_header = _signal_header(
+        from_party=our_party_key,
+        to_party=inbound.from_party,
+        cpa_id=inbound.cpa_id,
+        conversation_id=inbound.conversation_id,
+        action="Acknowledgment",
+        message_id=ack_message_id,
+        now=now,
+        ref_to_message_id=inbound.message_id,
+    )
+    ack = etree.SubElement(soap_header, _q(EB_NS, "Acknowledgment"), _ext_attrs(_TO_PARTY_MSH))
+    _el(ack, _q(EB_NS, "Timestamp"), utc_timestamp(now))
+    _el(ack, _q(EB_NS, "RefToMessageId"), inbound.message_id)
+    _party(ack, "From", our_party_key)
+    return _serialise(envelope)
+
+
+def _error_list(soap_header: etree._Element, *, error_code: str, description: str, severity: str) -> None:
+    if severity not in ("Error", "Warning"):
+        raise ValueError("severity must be Error or Warning")
+    _require_text(error_code, "error_code")
+    _require_text(description, "description")
+    attrs = _ext_attrs()
+    # With a single eb:Error the highest severity is its own.
+    attrs[_q(EB_NS, "highestSeverity")] = severity
+    error_list = etree.SubElement(soap_header, _q(EB_NS, "ErrorList"), attrs)
+    error = _el(error_list, _q(EB_NS, "Error"))
+    error.set(_q(EB_NS, "codeContext"), _ERROR_CODE_CONTEXT)
+    error.set(_q(EB_NS, "errorCode"), error_code)
+    error.set(_q(EB_NS, "severity"), severity)
+    text = _el(error, _q(EB_NS, "Description"), description)
+    text.set(_q(_XML_NS, "lang"), "en")
+
+
+def build_message_error(
+    inbound: MessageHeader,
+    *,
+    our_party_key: str,
+    error_message_id: str,
+    now: datetime,
+    error_code: str,
+    description: str,
+    severity: str = "Error",
+) -> bytes:
+    """Our MessageError for an inbound message whose header failed the §4.2 checks (sent with HTTP 200)."""
+    _require_text(our_party_key, "our_party_key")
+    envelope, soap_header = _signal_header(
+        from_party=our_party_key,
+        to_party=inbound.from_party,
+        cpa_id=inbound.cpa_id,
+        conversation_id=inbound.conversation_id,
+        action="MessageError",
+        message_id=error_message_id,
+        now=now,
+        ref_to_message_id=inbound.message_id,
+    )
+    _error_list(soap_header, error_code=error_code, description=description, severity=severity)
+    return _serialise(envelope)
+
+
+def build_sync_message_error(
+    ref_to_message_id: str,
+    *,
+    from_party: str,
+    to_party: str,
+    cpa_id: str,
+    conversation_id: str,
+    error_code: str,
+    description: str,
+    message_id: str,
+    now: datetime,
+) -> bytes:
+    """The MessageError Spine returns on the HTTP response when it rejects our envelope (§3)."""
+    _require_text(ref_to_message_id, "ref_to_message_id")
+    envelope, soap_header = _signal_header(
+        from_party=from_party,
+        to_party=to_party,
+        cpa_id=cpa_id,
+        conversation_id=conversation_id,
+        action="MessageError",
+        message_id=message_id,
+        now=now,
+        ref_to_message_id=ref_to_message_id,
+    )
+    _error_list(soap_header, error_code=error_code, description=description, severity="Error")
+    return _serialise(envelope)
+
+
+def build_soap_fault(error_codes: Sequence[str], description: str) -> bytes:
+    """A Spine SOAP fault with a nasp:errorList, the body of an HTTP 500 (§3)."""
+    if isinstance(error_codes, str) or not error_codes:
+        raise ValueError("error_codes must be a non-empty sequence of codes")
+    _require_text(description, "description")
+    envelope = etree.Element(_q(SOAP_NS, "Envelope"), nsmap={"SOAP": SOAP_NS, "nasp": NASP_NS})
+    fault = _el(_el(envelope, _q(SOAP_NS, "Body")), _q(SOAP_NS, "Fault"))
+    # SOAP 1.1 fault children are unqualified.
+    _el(fault, "faultcode", "SOAP:Server")
+    _el(fault, "faultstring", "Application Exception")
+    error_list = _el(_el(fault, "detail"), _q(NASP_NS, "errorList"))
+    for code in error_codes:
+        error = _el(error_list, _q(NASP_NS, "error"))
+        _el(error, _q(NASP_NS, "codeContext"), "urn:nhs:names:error:tms")
+        _el(error, _q(NASP_NS, "errorCode"), _require_text(code, "error code"))
+        _el(error, _q(NASP_NS, "severity"), "Error")
+        _el(error, _q(NASP_NS, "location"), "Not Supported")
+        _el(error, _q(NASP_NS, "description"), description)
+    return _serialise(envelope)
+
+
+# --- MIME parsing -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Part:
+    headers: dict[str, str]
+    content: bytes
+
+    @property
+    def content_id(self) -> str | None:
+        value = self.headers.get("content-id")
+        return _normalise_cid(value) if value else None
+
+
+def _normalise_cid(value: str) -> str:
+    # Content-Ids compare without angle brackets; case is ignored to tolerate senders that change it.
+    return value.strip().strip("<>").strip().lower()
+
+
+def _parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    message = Message()
+    message["Content-Type"] = value
+    # email returns text/plain for anything it cannot read; treat that as "no type" unless it was given.
+    media_type = message.get_content_type()
+    if media_type == "text/plain" and not value.strip().lower().startswith("text/plain"):
+        media_type = ""
+    params = {name.lower(): param for name, param in (message.get_params() or [])[1:]}
+    return media_type, params
+
+
+def _split_headers(raw: bytes) -> tuple[bytes, bytes]:
+    if raw.startswith(b"\r\n"):
+        return b"", raw[2:]
+    if raw.startswith(b"\n"):
+        return b"", raw[1:]
+    positions = [(raw.find(sep), sep) for sep in (b"\r\n\r\n", b"\n\n")]
+    found = [(pos, sep) for pos, sep in positions if pos >= 0]
+    if not found:
+        raise EbxmlParseError("MIME part without a blank line after its headers")
+    pos, sep = min(found)
+    return raw[:pos], raw[pos + len(sep) :]
+
+
+def _parse_part_headers(block: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    last: str | None = None
+    for line in block.decode("latin-1").splitlines():
+        if line[:1] in (" ", "\t") and last is not None:
+            headers[last] += " " + line.strip()
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise EbxmlParseError("malformed MIME part header line")
+        last = name.strip().lower()
+        headers[last] = value.strip()
+    return headers
+
+
+def _decode_transfer(headers: dict[str, str], content: bytes) -> bytes:
+    encoding = headers.get("content-transfer-encoding", "8bit").strip().lower()
+    if encoding in ("7bit", "8bit", "binary"):
+        return content
+    if encoding == "base64":
+        try:
+            return base64.b64decode(b"".join(content.split()), validate=True)
+        except binascii.Error:
+            raise EbxmlParseError("MIME part with invalid base64 content") from None
+    if encoding == "quoted-printable":
+        return quopri.decodestring(content)
+    raise EbxmlParseError("MIME part with an unsupported Content-Transfer-Encoding")
+
+
+def _split_multipart(body: bytes, boundary: str) -> list[_Part]:
+    try:
+        marker = boundary.encode("ascii")
+    except UnicodeEncodeError:
+        raise EbxmlParseError("MIME boundary is not ASCII") from None
+    # A delimiter starts a line (its preceding line end belongs to it) and may carry trailing blanks.
+    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(marker) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
+    matches = list(delimiter.finditer(body))
+    parts: list[_Part] = []
+    closed = False
+    for current, following in itertools.pairwise(matches):
+        if current.group(1):
+            closed = True
+            break
+        header_block, content = _split_headers(body[current.end() : following.start()])
+        headers = _parse_part_headers(header_block)
+        parts.append(_Part(headers, _decode_transfer(headers, content)))
+        if following.group(1):
+            closed = True
+            break
+    if not parts or not closed:
+        raise EbxmlParseError("multipart body without parts or without its closing delimiter")
+    return parts
+
+
+def _check_xml_part(part: _Part, what: str) -> None:
+    value = part.headers.get("content-type")
+    if value is None:
+        return
+    media_type, params = _parse_media_type(value)
+    if media_type not in _XML_MEDIA_TYPES:
+        raise EbxmlParseError(f"{what} part is not text/xml or application/xml")
+    charset = params.get("charset")
+    if charset is not None and charset.strip().lower() not in _UTF8_CHARSETS:
+        raise EbxmlParseError(f"{what} part is not UTF-8")
+
+
+def _root_part(parts: list[_Part], start: str | None) -> _Part:
+    if start:
+        wanted = _normalise_cid(start)
+        for part in parts:
+            if part.content_id == wanted:
+                return part
+    return parts[0]
+
+
+# --- ebXML header parsing ---------------------------------------------------------------------------------
+
+
+def _parse_envelope(data: bytes) -> etree._Element:
+    try:
+        root = parse_xml(data)
+    except XmlError as exc:
+        raise EbxmlParseError(f"ebXML part: {exc}") from None
+    if root.tag != _q(SOAP_NS, "Envelope"):
+        raise EbxmlParseError("ebXML part is not a SOAP 1.1 envelope")
+    return root
+
+
+def _text(parent: etree._Element, path: str) -> str:
+    element = parent.find(path, _NS)
+    return "".join(element.itertext()).strip() if element is not None else ""
+
+
+def _read_header(envelope: etree._Element) -> MessageHeader:
+    element = envelope.find("SOAP:Header/eb:MessageHeader", _NS)
+    if element is None:
+        raise EbxmlParseError("SOAP header without eb:MessageHeader")
+    # Missing fields become "" so that check_inbound_header, not the parser, decides what to answer.
+    return MessageHeader(
+        from_party=_text(element, "eb:From/eb:PartyId"),
+        to_party=_text(element, "eb:To/eb:PartyId"),
+        cpa_id=_text(element, "eb:CPAId"),
+        conversation_id=_text(element, "eb:ConversationId"),
+        service=_text(element, "eb:Service"),
+        action=_text(element, "eb:Action"),
+        message_id=_text(element, "eb:MessageData/eb:MessageId"),
+        timestamp=_text(element, "eb:MessageData/eb:Timestamp"),
+        ref_to_message_id=_text(element, "eb:MessageData/eb:RefToMessageId") or None,
+    )
+
+
+def _manifest_cids(envelope: etree._Element) -> list[str]:
+    references = envelope.findall("SOAP:Body/eb:Manifest/eb:Reference", _NS)
+    hl7_refs = [
+        ref
+        for ref in references
+        if ref.find(_q(HL7EBXML_NS, "Payload")) is not None
+        or ref.find(_q(HL7EBXML_NS_ALT, "Payload")) is not None
+    ]
+    cids = []
+    for ref in hl7_refs or references:
+        href = (ref.get(_q(XLINK_NS, "href")) or ref.get("href") or "").strip()
+        if href[:4].lower() == "cid:":
+            cids.append(_normalise_cid(unquote(href[4:])))
+    return cids
+
+
+def _payload_part(envelope: etree._Element, parts: list[_Part], root: _Part) -> _Part | None:
+    others = [part for part in parts if part is not root]
+    cids = _manifest_cids(envelope)
+    if cids:
+        for part in others:
+            if part.content_id == cids[0]:
+                return part
+        raise EbxmlParseError("the Manifest references a MIME part that is not in the message")
+    return others[0] if others else None
+
+
+def _clean_soap_action(value: str | None) -> str | None:
+    if value is None:
+        return None
+    cleaned = value.strip().strip('"').strip()
+    return cleaned or None
+
+
+def parse_message(content_type: str, body: bytes, soap_action: str | None = None) -> EbxmlMessage:
+    """Read an inbound ebXML message tolerantly (§4.1); header rules are check_inbound_header's job."""
+    media_type, params = _parse_media_type(content_type or "")
+    if media_type in _XML_MEDIA_TYPES:
+        # A bare SOAP message: an ebXML signal without payload.
+        envelope = _parse_envelope(body)
+        return EbxmlMessage(_read_header(envelope), None, _clean_soap_action(soap_action))
+    if media_type != "multipart/related":
+        raise EbxmlParseError("Content-Type is not multipart/related")
+    boundary = params.get("boundary")
+    if not boundary:
+        raise EbxmlParseError("multipart/related without a boundary")
+    parts = _split_multipart(body, boundary)
+    root = _root_part(parts, params.get("start"))
+    _check_xml_part(root, "ebXML")
+    envelope = _parse_envelope(root.content)
+    header = _read_header(envelope)
+    payload = _payload_part(envelope, parts, root)
+    if payload is not None:
+        _check_xml_part(payload, "HL7")
+    return EbxmlMessage(header, payload.content if payload else None, _clean_soap_action(soap_action))
+
+
+def check_inbound_header(header: MessageHeader, our_party_key: str) -> HeaderProblem | None:
+    """The §4.2 checks, in table order; None when the message may be processed."""
+    if header.to_party != our_party_key:
+        return HeaderProblem("ValueNotRecognized", "501314:Invalid To Party Type attribute")
+    if header.service != SERVICE or header.action not in REPLY_ACTIONS:
+        return HeaderProblem("NotSupported", "eb:Service/eb:Action not supported by this endpoint")
+    if not header.message_id:
+        return HeaderProblem("Inconsistent", "eb:MessageId is missing")
+    return None
+
+
+# --- Spine's synchronous answer ---------------------------------------------------------------------------
+
+
+def _sync_envelope(content_type: str | None, body: bytes) -> etree._Element | None:
+    if not body.strip():
+        return None
+    media_type, params = _parse_media_type(content_type or "")
+    data = body
+    if media_type.startswith("multipart/"):
+        try:
+            parts = _split_multipart(body, params.get("boundary") or "")
+        except EbxmlParseError:
+            return None
+        data = _root_part(parts, params.get("start")).content
+    try:
+        root = parse_xml(data)
+    except XmlError:
+        return None
+    return root if root.tag == _q(SOAP_NS, "Envelope") else None
+
+
+def _attr(element: etree._Element, name: str) -> str:
+    # ebMS qualifies these attributes; some senders leave them unqualified.
+    return (element.get(_q(EB_NS, name)) or element.get(name) or "").strip()
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 1] + "…"
+
+
+def _message_error(envelope: etree._Element) -> Rejected | None:
+    errors = envelope.findall(".//eb:ErrorList/eb:Error", _NS)
+    # Warnings do not stop processing (ebMS 2.0 §4.2.3.2); only errors reject the message.
+    blocking = [error for error in errors if _attr(error, "severity").lower() != "warning"]
+    if not blocking:
+        return None
+    codes = [_attr(error, "errorCode") or "unknown" for error in blocking]
+    descriptions = [
+        _text(error, "eb:Description") or code for error, code in zip(blocking, codes, strict=True)
+    ]
+    return Rejected(",".join(codes), _bounded("; ".join(descriptions)), retriable=False)
+
+
+def _soap_fault(envelope: etree._Element) -> Rejected | None:
+    fault = envelope.find("SOAP:Body/SOAP:Fault", _NS)
+    if fault is None:
+        return None
+    errors = fault.findall(".//nasp:errorList/nasp:error", _NS)
+    codes = [_text(error, "nasp:errorCode") for error in errors]
+    codes = [code for code in codes if code]
+    if not codes:
+        return None
+    descriptions = [_text(error, "nasp:description") for error in errors]
+    description = "; ".join(text for text in descriptions if text) or _text(fault, "faultstring")
+    retriable = all(code in RETRIABLE_FAULT_CODES for code in codes)
+    return Rejected(",".join(codes), _bounded(description or "SOAP fault"), retriable=retriable)
+
+
+def classify_sync_answer(status: int, content_type: str | None, body: bytes) -> SyncAnswer:
+    """Classify Spine's HTTP response to our POST (§3): accepted, or rejected and whether to resend."""
+    envelope = _sync_envelope(content_type, body)
+    if envelope is not None:
+        rejection = _message_error(envelope) or _soap_fault(envelope)
+        if rejection is not None:
+            # A client error is never retried, whatever the fault codes say.
+            if 400 <= status < 500 and rejection.retriable:
+                return replace(rejection, retriable=False)
+            return rejection
+    if status in (200, 202):
+        # No error signal: an empty body or an eb:Acknowledgment means accepted. Anything else on a 200 is
+        # not proof of acceptance, so the attempt fails rather than waiting on a reply that may never come.
+        if not body.strip() or (
+            envelope is not None and envelope.find(".//eb:Acknowledgment", _NS) is not None
+        ):
+            return Accepted()
+        if envelope is not None and envelope.find(".//eb:ErrorList", _NS) is not None:
+            return Accepted()  # warnings only
+        return Rejected("unrecognised_response", f"HTTP {status} without an ebXML signal", retriable=False)
+    if 400 <= status < 500:
+        return Rejected(f"http_{status}", f"HTTP {status} from Spine", retriable=False)
+    if 500 <= status < 600:
+        return Rejected(f"http_{status}", f"HTTP {status} from Spine", retriable=True)
+    return Rejected(f"http_{status}", f"unexpected HTTP {status} from Spine", retriable=False)

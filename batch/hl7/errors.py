@@ -1,0 +1,8 @@
+"""Errors shared by the HL7 readers."""
+
+
+class ReplyParseError(ValueError):
+    """Bytes that are not XML, or XML holding none of the interactions we expect.
+
+    Raised for nothing else: schema deviations are tolerated (messages §7).
+    """

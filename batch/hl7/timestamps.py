@@ -1,0 +1,37 @@
+"""HL7 V3 timestamps: 14 digits of UK local time out, anything reasonable in (decision f, messages §7)."""
+
+import re
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+UK_TIME = ZoneInfo("Europe/London")
+
+# 8, 12 or 14 digits, an optional fraction of a second after 14, and an optional UTC offset.
+_TS = re.compile(r"(\d{8}|\d{12}|\d{14}(?:\.\d{1,6})?)([+-]\d{4})?", re.ASCII)
+
+
+def format_hl7_ts(moment: datetime) -> str:
+    """`yyyyMMddHHmmss` in Europe/London local time, without an offset."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("HL7 timestamps are built from timezone-aware datetimes only")
+    return moment.astimezone(UK_TIME).strftime("%Y%m%d%H%M%S")
+
+
+def parse_hl7_ts(value: str | None) -> datetime | None:
+    """A naive local datetime, or None for anything unreadable. Never raises.
+
+    An offset (NHS test data carries `+0000`) is dropped, not applied: decision f takes every HL7
+    time as UK local time, so all times compare on one clock.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _TS.fullmatch(value.strip())
+    if match is None:
+        return None
+    digits = match.group(1).split(".", 1)[0]
+    # Fixed-width slices, not strptime: strptime accepts one-digit fields and could misread a bad value.
+    fields = [int(digits[i : i + 2]) for i in range(4, len(digits), 2)]
+    try:
+        return datetime(int(digits[:4]), *fields)
+    except ValueError:
+        return None

@@ -1,0 +1,110 @@
+"""Mutual-TLS contexts for both legs (spec ebxml-transport.md §5): one context per process."""
+
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+
+class TlsConfigError(Exception):
+    """A certificate, key or CA file that is missing, unreadable or unusable; the message names the file."""
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise TlsConfigError(f"TLS {what} file {path}: {exc.strerror or exc}") from None
+
+
+def _certificates(path: Path, what: str) -> list[x509.Certificate]:
+    data = _read(path, what)
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise TlsConfigError(f"TLS {what} file {path}: no PEM certificate could be read") from None
+    if not certificates:
+        raise TlsConfigError(f"TLS {what} file {path}: no PEM certificate could be read")
+    return certificates
+
+
+def _check_key(path: Path) -> None:
+    data = _read(path, "key")
+    try:
+        serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        # Encrypted keys would make OpenSSL prompt on the terminal; a batch service cannot answer.
+        raise TlsConfigError(
+            f"TLS key file {path}: the key is encrypted; an unencrypted key is required"
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise TlsConfigError(f"TLS key file {path}: no PEM private key could be read") from None
+
+
+def _no_password() -> bytes:
+    raise TlsConfigError("TLS key needs a password, which is not supported")
+
+
+def _load_identity(context: ssl.SSLContext, cert: Path, key: Path) -> None:
+    _certificates(cert, "certificate")
+    _check_key(key)
+    try:
+        context.load_cert_chain(certfile=cert, keyfile=key, password=_no_password)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(
+            f"TLS certificate {cert} and key {key}: the key does not match the certificate ({exc.reason})"
+        ) from None
+
+
+def _load_trust(context: ssl.SSLContext, ca: Path) -> None:
+    _certificates(ca, "CA")
+    try:
+        context.load_verify_locations(cafile=ca)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(f"TLS CA file {ca}: not usable as a trust store ({exc.reason})") from None
+
+
+def client_context(cert: Path, key: Path, ca: Path, *, check_hostname: bool = True) -> ssl.SSLContext:
+    """Outbound leg: present our certificate, trust only the given CA bundle, TLS 1.2 or later."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No hostname check only for a test environment reached by IP; the chain is always verified.
+    context.check_hostname = check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    _load_identity(context, cert, key)
+    _load_trust(context, ca)
+    return context
+
+
+def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """Inbound leg: serve our certificate and require a client certificate issued under the CA bundle."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    _load_identity(context, cert, key)
+    _load_trust(context, ca)
+    return context
+
+
+def _remaining_days(leaf: x509.Certificate) -> float:
+    return (leaf.not_valid_after_utc - datetime.now(UTC)).total_seconds() / 86400
+
+
+def days_until_expiry(cert: Path) -> float:
+    """Days until the (first, i.e. leaf) certificate in the file expires; negative once it has."""
+    return _remaining_days(_certificates(cert, "certificate")[0])
+
+
+def expiry_warning(cert: Path, within_days: int = 30) -> str | None:
+    """A log message when the certificate has expired or expires within the given days, else None."""
+    leaf = _certificates(cert, "certificate")[0]
+    remaining = _remaining_days(leaf)
+    expires = leaf.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")
+    if remaining < 0:
+        return f"TLS certificate {cert} expired on {expires}"
+    if remaining <= within_days:
+        return f"TLS certificate {cert} expires in {remaining:.1f} days, on {expires}"
+    return None

@@ -1,0 +1,759 @@
+"""ebXML envelope: framing, tolerant parsing, header checks, signals and Spine's synchronous answers."""
+
+import base64
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from lxml import etree
+
+from batch import ebxml
+from batch.ebxml import (
+    Accepted,
+    EbxmlParseError,
+    MessageHeader,
+    Rejected,
+    build_acknowledgement,
+    build_message,
+    build_message_error,
+    build_soap_fault,
+    build_sync_message_error,
+    check_inbound_header,
+    classify_sync_answer,
+    parse_message,
+    utc_timestamp,
+)
+from batch.xmlsafe import parse_xml
+
+NS = {
+    "SOAP": "http://schemas.xmlsoap.org/soap/envelope/",
+    "eb": "http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd",
+    "xlink": "http://www.w3.org/1999/xlink",
+    "hl7ebxml": "urn:hl7-org:transport/ebXML/DSTUv1.0",
+    "nasp": "http://national.carerecords.nhs.uk/schema/",
+}
+EB = NS["eb"]
+SOAP = NS["SOAP"]
+
+OUR_PARTY = "X26-823847"
+SPINE_PARTY = "YES-0000806"
+CPA_ID = "S2001919A2011852"
+M = "6C7F3F5B-0E0A-4D9B-9C7A-2B8F1D3E4A51"
+C = "0B1E2D3C-4A5B-4C6D-8E7F-9A0B1C2D3E4F"
+R = "A1B2C3D4-E5F6-4A7B-8C9D-0E1F2A3B4C5D"
+A = "F0E1D2C3-B4A5-4968-8776-655443322110"
+NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
+HL7 = (
+    b'<?xml version="1.0" encoding="UTF-8"?><QUPC_IN000006GB01 xmlns="urn:hl7-org:v3"><id root="'
+    + M.encode()
+    + b'"/></QUPC_IN000006GB01>'
+)
+REPLY_HL7 = b'<REPC_IN000007GB01 xmlns="urn:hl7-org:v3"><id root="' + R.encode() + b'"/></REPC_IN000007GB01>'
+
+SPEC_CONTENT_TYPE = (
+    'multipart/related; boundary="--=_MIME-Boundary"; type="text/xml"; start="<ebXMLHeader@spine.nhs.uk>"'
+)
+
+
+def _query_header(**changes: str | None) -> MessageHeader:
+    values: dict[str, str | None] = {
+        "from_party": OUR_PARTY,
+        "to_party": SPINE_PARTY,
+        "cpa_id": CPA_ID,
+        "conversation_id": C,
+        "service": "urn:nhs:names:services:cpisquery",
+        "action": "QUPC_IN000006GB01",
+        "message_id": M,
+        "timestamp": "2025-03-14T09:26:53Z",
+        "ref_to_message_id": None,
+    }
+    values.update(changes)
+    return MessageHeader(**values)  # type: ignore[arg-type]
+
+
+def _reply_header(**changes: str | None) -> MessageHeader:
+    base = {
+        "from_party": SPINE_PARTY,
+        "to_party": OUR_PARTY,
+        "action": "REPC_IN000007GB01",
+        "message_id": R,
+        "ref_to_message_id": M,
+    }
+    base.update(changes)
+    return _query_header(**base)
+
+
+def _parts(body: bytes) -> list[bytes]:
+    """Raw parts between delimiters (CRLF framing assumed, as build_message promises)."""
+    assert body.startswith(b"----=_MIME-Boundary\r\n")
+    assert body.endswith(b"\r\n----=_MIME-Boundary--\r\n")
+    inner = body[len(b"----=_MIME-Boundary\r\n") : -len(b"\r\n----=_MIME-Boundary--\r\n")]
+    return inner.split(b"\r\n----=_MIME-Boundary\r\n")
+
+
+def _soap_of(body: bytes) -> etree._Element:
+    _, _, content = _parts(body)[0].partition(b"\r\n\r\n")
+    return parse_xml(content)
+
+
+# --- outbound ---------------------------------------------------------------------------------------------
+
+
+def test_http_headers_are_exactly_as_specified() -> None:
+    headers, _ = build_message(_query_header(), HL7)
+    assert headers == {
+        "Content-Type": SPEC_CONTENT_TYPE,
+        "SOAPAction": "urn:nhs:names:services:cpisquery/QUPC_IN000006GB01",
+    }
+
+
+def test_body_uses_crlf_framing_and_the_specified_part_headers() -> None:
+    _, body = build_message(_query_header(), HL7)
+    assert b"\n" not in body.replace(b"\r\n", b""), "every line end is CRLF"
+    parts = _parts(body)
+    assert len(parts) == 2
+    soap_head, blank, _ = parts[0].partition(b"\r\n\r\n")
+    assert blank
+    assert soap_head.split(b"\r\n") == [
+        b"Content-Id: <ebXMLHeader@spine.nhs.uk>",
+        b"Content-Type: text/xml; charset=UTF-8",
+        b"Content-Transfer-Encoding: 8bit",
+    ]
+    hl7_head, _, hl7_content = parts[1].partition(b"\r\n\r\n")
+    assert hl7_head.split(b"\r\n") == [
+        f"Content-Id: <{M}@spine.nhs.uk>".encode(),
+        b"Content-Type: text/xml; charset=UTF-8",
+        b"Content-Transfer-Encoding: 8bit",
+    ]
+    assert hl7_content == HL7
+
+
+def test_manifest_cid_names_the_hl7_part() -> None:
+    _, body = build_message(_query_header(), HL7)
+    soap = _soap_of(body)
+    hrefs = soap.xpath("SOAP:Body/eb:Manifest/eb:Reference/@xlink:href", namespaces=NS)
+    assert hrefs == [f"cid:{M}@spine.nhs.uk"]
+    hl7_head = _parts(body)[1].partition(b"\r\n\r\n")[0]
+    content_id = hl7_head.split(b"\r\n")[0].removeprefix(b"Content-Id: <").removesuffix(b">").decode()
+    assert hrefs[0] == "cid:" + content_id
+    reference = soap.find("SOAP:Body/eb:Manifest/eb:Reference", NS)
+    assert reference.find("hl7ebxml:Payload", NS).attrib == {
+        "style": "HL7",
+        "encoding": "XML",
+        "version": "3.0",
+    }
+    assert reference.find("eb:Schema", NS).get(f"{{{EB}}}location") == (
+        "http://www.nhsia.nhs.uk/schemas/HL7-Message.xsd"
+    )
+
+
+def test_soap_header_carries_the_message_header_fields() -> None:
+    _, body = build_message(_query_header(), HL7)
+    soap = _soap_of(body)
+    header = soap.find("SOAP:Header/eb:MessageHeader", NS)
+    assert header.get(f"{{{SOAP}}}mustUnderstand") == "1"
+    assert header.get(f"{{{EB}}}version") == "2.0"
+
+    def text(path: str) -> str:
+        return header.find(path, NS).text
+
+    assert text("eb:From/eb:PartyId") == OUR_PARTY
+    assert text("eb:To/eb:PartyId") == SPINE_PARTY
+    assert (
+        header.find("eb:From/eb:PartyId", NS).get(f"{{{EB}}}type")
+        == "urn:nhs:names:partyType:ocs+serviceInstance"
+    )
+    assert text("eb:CPAId") == CPA_ID
+    assert text("eb:ConversationId") == C
+    assert text("eb:Service") == "urn:nhs:names:services:cpisquery"
+    assert text("eb:Action") == "QUPC_IN000006GB01"
+    assert text("eb:MessageData/eb:MessageId") == M
+    assert text("eb:MessageData/eb:Timestamp") == "2025-03-14T09:26:53Z"
+    assert header.find("eb:MessageData/eb:RefToMessageId", NS) is None
+    sync = soap.find("SOAP:Header/eb:SyncReply", NS)
+    assert sync is not None
+    assert sync.get(f"{{{SOAP}}}actor") == "http://schemas.xmlsoap.org/soap/actor/next"
+    assert soap.find("SOAP:Header/eb:AckRequested", NS) is None
+    assert soap.find("SOAP:Header/eb:DuplicateElimination", NS) is None
+
+
+def test_sync_reply_can_be_left_out_and_ref_to_message_id_is_written_when_set() -> None:
+    _, body = build_message(_reply_header(), REPLY_HL7, sync_reply=False)
+    soap = _soap_of(body)
+    assert soap.find("SOAP:Header/eb:SyncReply", NS) is None
+    assert soap.findtext("SOAP:Header/eb:MessageHeader/eb:MessageData/eb:RefToMessageId", namespaces=NS) == M
+
+
+def test_round_trip() -> None:
+    header = _reply_header()
+    http_headers, body = build_message(header, REPLY_HL7)
+    message = parse_message(http_headers["Content-Type"], body, http_headers["SOAPAction"])
+    assert message.header == header
+    assert message.hl7 == REPLY_HL7
+    assert message.soap_action == "urn:nhs:names:services:cpisquery/REPC_IN000007GB01"
+
+
+def test_payload_with_utf8_text_round_trips_unescaped() -> None:
+    hl7 = '<x xmlns="urn:hl7-org:v3"><name>Zoë Ødegård</name></x>'.encode()
+    http_headers, body = build_message(_query_header(), hl7)
+    assert hl7 in body
+    assert parse_message(http_headers["Content-Type"], body).hl7 == hl7
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"message_id": M.lower()},
+        {"message_id": M + ">\r\nX-Injected: 1"},
+        {"action": "QUPC_IN000006GB01\r\nX-Injected: 1"},
+        {"service": "urn:nhs:names:services:cpisquery evil"},
+        {"timestamp": "2025-03-14 09:26:53"},
+        {"cpa_id": ""},
+        {"cpa_id": "S2001919A2011852\n----=_MIME-Boundary--"},
+        {"conversation_id": C + "\t"},
+        {"ref_to_message_id": M + "\r\n"},
+    ],
+)
+def test_unsafe_or_malformed_header_values_are_refused(changes: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        build_message(_query_header(**changes), HL7)
+
+
+def test_payload_containing_the_boundary_is_refused() -> None:
+    with pytest.raises(ValueError, match="boundary"):
+        build_message(_query_header(), HL7 + b"\r\n----=_MIME-Boundary--\r\n")
+
+
+def test_utc_timestamp() -> None:
+    summer = datetime(2025, 7, 1, 10, 0, 5, 999, tzinfo=timezone(timedelta(hours=1)))
+    assert utc_timestamp(summer) == "2025-07-01T09:00:05Z"
+    with pytest.raises(ValueError):
+        utc_timestamp(datetime(2025, 7, 1, 10, 0, 5))  # naive on purpose
+
+
+# --- tolerant inbound parsing (§4.1) ----------------------------------------------------------------------
+
+INBOUND_SOAP = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"'
+    ' xmlns:eb="http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd"'
+    ' xmlns:hl7ebxml="{hl7ns}" xmlns:xlink="http://www.w3.org/1999/xlink">'
+    '<soap:Header><eb:MessageHeader soap:mustUnderstand="1" eb:version="2.0">'
+    '<eb:From><eb:PartyId eb:type="urn:nhs:names:partyType:ocs+serviceInstance">YES-0000806'
+    "</eb:PartyId></eb:From>"
+    '<eb:To><eb:PartyId eb:type="urn:nhs:names:partyType:ocs+serviceInstance">X26-823847'
+    "</eb:PartyId></eb:To>"
+    "<eb:CPAId>S2001919A2011852</eb:CPAId><eb:ConversationId>{conv}</eb:ConversationId>"
+    "<eb:Service>urn:nhs:names:services:cpisquery</eb:Service><eb:Action>REPC_IN000007GB01</eb:Action>"
+    "<eb:MessageData>{message_id}<eb:Timestamp>2025-03-14T09:27:01Z</eb:Timestamp>"
+    "<eb:RefToMessageId>{ref}</eb:RefToMessageId></eb:MessageData>"
+    "</eb:MessageHeader></soap:Header>"
+    "<soap:Body>{manifest}</soap:Body></soap:Envelope>"
+)
+MANIFEST = (
+    '<eb:Manifest soap:mustUnderstand="1" eb:version="2.0"><eb:Reference xlink:href="cid:{cid}">'
+    '<hl7ebxml:Payload style="HL7" encoding="XML" version="3.0"/></eb:Reference></eb:Manifest>'
+)
+
+
+def _inbound_soap(
+    *,
+    hl7ns: str = "urn:hl7-org:transport/ebXML/DSTUv1.0",
+    manifest_cid: str | None = f"{R}@spine.nhs.uk",
+    message_id: str | None = R,
+) -> bytes:
+    manifest = MANIFEST.format(cid=manifest_cid) if manifest_cid else ""
+    mid = f"<eb:MessageId>{message_id}</eb:MessageId>" if message_id else ""
+    return INBOUND_SOAP.format(hl7ns=hl7ns, conv=C, message_id=mid, ref=M, manifest=manifest).encode()
+
+
+def _part(
+    content_id: str, content: bytes, content_type: str = "text/xml; charset=UTF-8", nl: bytes = b"\r\n"
+) -> bytes:
+    return (
+        b"----=_MIME-Boundary" + nl
+        + f"Content-Id: <{content_id}>".encode() + nl
+        + f"Content-Type: {content_type}".encode() + nl
+        + b"Content-Transfer-Encoding: 8bit" + nl + nl
+        + content + nl
+    )  # fmt: skip
+
+
+def _multipart(*parts: bytes, nl: bytes = b"\r\n") -> bytes:
+    return b"".join(parts) + b"----=_MIME-Boundary--" + nl
+
+
+def _standard_inbound(**soap_args: str | None) -> bytes:
+    return _multipart(
+        _part("ebXMLHeader@spine.nhs.uk", _inbound_soap(**soap_args)),
+        _part(f"{R}@spine.nhs.uk", REPLY_HL7),
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        SPEC_CONTENT_TYPE,
+        'multipart/related; type="text/xml"; start="<ebXMLHeader@spine.nhs.uk>";'
+        ' boundary="--=_MIME-Boundary"',
+        "multipart/related; start=<ebXMLHeader@spine.nhs.uk>; type=text/xml; boundary=--=_MIME-Boundary",
+        'multipart/related; boundary="--=_MIME-Boundary"; start="ebXMLHeader@spine.nhs.uk"; type="text/xml"',
+        'Multipart/Related; boundary="--=_MIME-Boundary"; type="text/xml";'
+        ' start="<ebXMLHeader@spine.nhs.uk>"; charset=UTF-8',
+        'multipart/related; boundary="--=_MIME-Boundary"',
+    ],
+)
+def test_content_type_variants_are_accepted(content_type: str) -> None:
+    message = parse_message(
+        content_type, _standard_inbound(), '"urn:nhs:names:services:cpisquery/REPC_IN000007GB01"'
+    )
+    assert message.header == _reply_header(timestamp="2025-03-14T09:27:01Z")
+    assert message.hl7 == REPLY_HL7
+    assert message.soap_action == "urn:nhs:names:services:cpisquery/REPC_IN000007GB01"
+
+
+def test_application_xml_parts_without_charset() -> None:
+    body = _multipart(
+        _part("ebXMLHeader@spine.nhs.uk", _inbound_soap(), "application/xml"),
+        _part(f"{R}@spine.nhs.uk", REPLY_HL7, "application/xml"),
+    )
+    assert parse_message(SPEC_CONTENT_TYPE, body).hl7 == REPLY_HL7
+
+
+def test_lowercase_hl7ebxml_namespace_and_single_line_lowercase_soap() -> None:
+    soap = _inbound_soap(hl7ns="urn:hl7-org:transport/ebxml/DSTUv1.0")
+    assert b"\n" not in soap and b"<soap:Envelope" in soap
+    body = _multipart(
+        _part("ebXMLHeader@spine.nhs.uk", soap),
+        _part("other@spine.nhs.uk", b"<other/>"),
+        _part(f"{R}@spine.nhs.uk", REPLY_HL7),
+    )
+    # The Manifest, not the position, picks the HL7 part.
+    assert parse_message(SPEC_CONTENT_TYPE, body).hl7 == REPLY_HL7
+
+
+def test_without_manifest_the_second_part_is_the_payload() -> None:
+    body = _multipart(
+        _part("ebXMLHeader@spine.nhs.uk", _inbound_soap(manifest_cid=None)),
+        _part("whatever@example", REPLY_HL7),
+    )
+    assert parse_message(SPEC_CONTENT_TYPE, body).hl7 == REPLY_HL7
+
+
+def test_lf_line_ends_and_a_preamble_are_tolerated() -> None:
+    body = b"This is a MIME message\n" + _multipart(
+        _part("ebXMLHeader@spine.nhs.uk", _inbound_soap(), nl=b"\n"),
+        _part(f"{R}@spine.nhs.uk", REPLY_HL7, nl=b"\n"),
+        nl=b"\n",
+    )
+    assert parse_message(SPEC_CONTENT_TYPE, body).hl7 == REPLY_HL7
+
+
+def test_base64_payload_is_decoded() -> None:
+    encoded = base64.encodebytes(REPLY_HL7).replace(b"\n", b"\r\n").rstrip()
+    hl7_part = _part(f"{R}@spine.nhs.uk", encoded).replace(
+        b"Content-Transfer-Encoding: 8bit", b"Content-Transfer-Encoding: base64"
+    )
+    body = _multipart(_part("ebXMLHeader@spine.nhs.uk", _inbound_soap()), hl7_part)
+    assert parse_message(SPEC_CONTENT_TYPE, body).hl7 == REPLY_HL7
+
+
+def test_a_bare_soap_signal_has_no_payload() -> None:
+    ack = build_acknowledgement(_reply_header(), our_party_key=OUR_PARTY, ack_message_id=A, now=NOW)
+    message = parse_message("text/xml; charset=UTF-8", ack)
+    assert message.hl7 is None
+    assert message.header.action == "Acknowledgment"
+    assert message.header.ref_to_message_id == R
+
+
+def test_start_parameter_selects_the_ebxml_part() -> None:
+    body = _multipart(
+        _part(f"{R}@spine.nhs.uk", REPLY_HL7),
+        _part("ebXMLHeader@spine.nhs.uk", _inbound_soap()),
+    )
+    message = parse_message(SPEC_CONTENT_TYPE, body)
+    assert message.header.message_id == R
+    assert message.hl7 == REPLY_HL7
+
+
+def test_missing_message_id_is_not_a_parse_error() -> None:
+    message = parse_message(SPEC_CONTENT_TYPE, _standard_inbound(message_id=None))
+    assert message.header.message_id == ""
+    problem = check_inbound_header(message.header, OUR_PARTY)
+    assert problem is not None and problem.error_code == "Inconsistent"
+
+
+DOCTYPE_SOAP = (
+    b'<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x "boom">]>'
+    b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Header/><soap:Body/></soap:Envelope>'
+)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        pytest.param("text/plain", b"hello", id="not-multipart"),
+        pytest.param("multipart/related; type=text/xml", b"", id="no-boundary"),
+        pytest.param(
+            SPEC_CONTENT_TYPE, _part("ebXMLHeader@spine.nhs.uk", b"<x/>"), id="no-closing-delimiter"
+        ),
+        pytest.param(SPEC_CONTENT_TYPE, b"----=_MIME-Boundary--\r\n", id="no-parts"),
+        pytest.param(
+            SPEC_CONTENT_TYPE, _multipart(_part("ebXMLHeader@spine.nhs.uk", DOCTYPE_SOAP)), id="doctype"
+        ),
+        pytest.param(
+            SPEC_CONTENT_TYPE, _multipart(_part("ebXMLHeader@spine.nhs.uk", b"<a><b></a>")), id="bad-xml"
+        ),
+        pytest.param(
+            SPEC_CONTENT_TYPE, _multipart(_part("ebXMLHeader@spine.nhs.uk", b"<Envelope/>")), id="not-soap"
+        ),
+        pytest.param(
+            SPEC_CONTENT_TYPE,
+            _multipart(
+                _part(
+                    "ebXMLHeader@spine.nhs.uk",
+                    b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header/><s:Body/></s:Envelope>',
+                )
+            ),
+            id="no-message-header",
+        ),
+        pytest.param(
+            SPEC_CONTENT_TYPE,
+            _multipart(_part("ebXMLHeader@spine.nhs.uk", _inbound_soap()), _part("elsewhere@x", REPLY_HL7)),
+            id="manifest-cid-missing",
+        ),
+        pytest.param(
+            SPEC_CONTENT_TYPE,
+            _multipart(
+                _part("ebXMLHeader@spine.nhs.uk", _inbound_soap()),
+                _part(f"{R}@spine.nhs.uk", b"x", "text/plain"),
+            ),
+            id="payload-not-xml-type",
+        ),
+        pytest.param(
+            SPEC_CONTENT_TYPE,
+            _multipart(_part("ebXMLHeader@spine.nhs.uk", _inbound_soap(), "text/xml; charset=ISO-8859-1")),
+            id="not-utf8",
+        ),
+        pytest.param(
+            SPEC_CONTENT_TYPE,
+            b"----=_MIME-Boundary\r\nno header separator\r\n----=_MIME-Boundary--\r\n",
+            id="malformed-part-headers",
+        ),
+    ],
+)
+def test_unparseable_messages_raise(content_type: str, body: bytes) -> None:
+    with pytest.raises(EbxmlParseError):
+        parse_message(content_type, body)
+
+
+def test_parse_error_is_a_value_error() -> None:
+    assert issubclass(EbxmlParseError, ValueError)
+
+
+# --- header checks (§4.2) ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action", sorted(ebxml.REPLY_ACTIONS))
+def test_valid_reply_headers_pass(action: str) -> None:
+    assert check_inbound_header(_reply_header(action=action), OUR_PARTY) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"to_party": "X26-000000"}, "ValueNotRecognized"),
+        ({"to_party": ""}, "ValueNotRecognized"),
+        ({"service": "urn:nhs:names:services:pds"}, "NotSupported"),
+        ({"action": "QUPC_IN000006GB01"}, "NotSupported"),
+        ({"action": "PRPA_IN000203UK03"}, "NotSupported"),
+        ({"message_id": ""}, "Inconsistent"),
+    ],
+)
+def test_header_problems(changes: dict[str, str], code: str) -> None:
+    problem = check_inbound_header(_reply_header(**changes), OUR_PARTY)
+    assert problem is not None
+    assert problem.error_code == code
+    if code == "ValueNotRecognized":
+        assert problem.description == "501314:Invalid To Party Type attribute"
+
+
+# --- our acknowledgement and MessageError (§4.4) ----------------------------------------------------------
+
+
+def test_acknowledgement_layout() -> None:
+    inbound = _reply_header()
+    ack = parse_xml(build_acknowledgement(inbound, our_party_key=OUR_PARTY, ack_message_id=A, now=NOW))
+    header = ack.find("SOAP:Header", NS)
+
+    def value(path: str) -> str:
+        found = header.xpath(path, namespaces=NS)
+        assert len(found) == 1, path
+        return found[0] if isinstance(found[0], str) else found[0].text
+
+    assert value("eb:MessageHeader/eb:From/eb:PartyId") == OUR_PARTY
+    assert value("eb:MessageHeader/eb:To/eb:PartyId") == SPINE_PARTY
+    assert value("eb:MessageHeader/eb:CPAId") == CPA_ID
+    assert value("eb:MessageHeader/eb:ConversationId") == C
+    assert value("eb:MessageHeader/eb:Service") == "urn:oasis:names:tc:ebxml-msg:service"
+    assert value("eb:MessageHeader/eb:Action") == "Acknowledgment"
+    assert value("eb:MessageHeader/eb:MessageData/eb:MessageId") == A
+    assert value("eb:MessageHeader/eb:MessageData/eb:Timestamp") == "2025-03-14T09:26:53Z"
+    assert value("eb:MessageHeader/eb:MessageData/eb:RefToMessageId") == R
+    assert value("eb:Acknowledgment/@SOAP:mustUnderstand") == "1"
+    assert value("eb:Acknowledgment/@eb:version") == "2.0"
+    assert value("eb:Acknowledgment/@SOAP:actor") == "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH"
+    assert value("eb:Acknowledgment/eb:Timestamp") == "2025-03-14T09:26:53Z"
+    assert value("eb:Acknowledgment/eb:RefToMessageId") == R
+    assert value("eb:Acknowledgment/eb:From/eb:PartyId") == OUR_PARTY
+    assert header.find("eb:ErrorList", NS) is None
+    body = ack.find("SOAP:Body", NS)
+    assert body is not None and len(body) == 0 and not (body.text or "").strip()
+
+
+def test_acknowledgement_requires_an_uppercase_id_and_an_inbound_message_id() -> None:
+    with pytest.raises(ValueError):
+        build_acknowledgement(_reply_header(), our_party_key=OUR_PARTY, ack_message_id=A.lower(), now=NOW)
+    with pytest.raises(ValueError):
+        build_acknowledgement(
+            _reply_header(message_id=""), our_party_key=OUR_PARTY, ack_message_id=A, now=NOW
+        )
+
+
+def test_message_error_layout() -> None:
+    data = build_message_error(
+        _reply_header(to_party="X26-000000"),
+        our_party_key=OUR_PARTY,
+        error_message_id=A,
+        now=NOW,
+        error_code="ValueNotRecognized",
+        description="501314:Invalid To Party Type attribute",
+    )
+    root = parse_xml(data)
+    header = root.find("SOAP:Header", NS)
+    assert header.findtext("eb:MessageHeader/eb:Action", namespaces=NS) == "MessageError"
+    assert (
+        header.findtext("eb:MessageHeader/eb:Service", namespaces=NS)
+        == "urn:oasis:names:tc:ebxml-msg:service"
+    )
+    assert header.findtext("eb:MessageHeader/eb:From/eb:PartyId", namespaces=NS) == OUR_PARTY
+    assert header.findtext("eb:MessageHeader/eb:To/eb:PartyId", namespaces=NS) == SPINE_PARTY
+    assert header.findtext("eb:MessageHeader/eb:MessageData/eb:MessageId", namespaces=NS) == A
+    assert header.findtext("eb:MessageHeader/eb:MessageData/eb:RefToMessageId", namespaces=NS) == R
+    assert header.find("eb:Acknowledgment", NS) is None
+    error_list = header.find("eb:ErrorList", NS)
+    assert error_list.get(f"{{{EB}}}highestSeverity") == "Error"
+    assert error_list.get(f"{{{SOAP}}}mustUnderstand") == "1"
+    errors = error_list.findall("eb:Error", NS)
+    assert len(errors) == 1
+    assert errors[0].get(f"{{{EB}}}codeContext") == "urn:oasis:names:tc:ebxml-msg:service:errors"
+    assert errors[0].get(f"{{{EB}}}errorCode") == "ValueNotRecognized"
+    assert errors[0].get(f"{{{EB}}}severity") == "Error"
+    assert errors[0].findtext("eb:Description", namespaces=NS) == "501314:Invalid To Party Type attribute"
+    assert classify_sync_answer(200, "text/xml", data) == Rejected(
+        "ValueNotRecognized", "501314:Invalid To Party Type attribute", retriable=False
+    )
+
+
+def test_message_error_for_a_message_without_id_has_no_ref() -> None:
+    data = build_message_error(
+        _reply_header(message_id=""),
+        our_party_key=OUR_PARTY,
+        error_message_id=A,
+        now=NOW,
+        error_code="Inconsistent",
+        description="eb:MessageId is missing",
+    )
+    assert parse_xml(data).find(".//eb:RefToMessageId", NS) is None
+
+
+def test_values_with_markup_are_escaped_not_injected() -> None:
+    data = build_message_error(
+        _reply_header(conversation_id="</eb:ConversationId><evil/>"),
+        our_party_key=OUR_PARTY,
+        error_message_id=A,
+        now=NOW,
+        error_code="NotSupported",
+        description="<b>&",
+    )
+    root = parse_xml(data)
+    assert root.find(".//evil") is None
+    assert root.findtext(".//eb:ConversationId", namespaces=NS) == "</eb:ConversationId><evil/>"
+    assert root.findtext(".//eb:Description", namespaces=NS) == "<b>&"
+
+
+# --- Spine's synchronous answer (§3) ----------------------------------------------------------------------
+
+
+def _spine_message_error(
+    code: str = "ValueNotRecognized", description: str = "501319:Unknown eb:CPAId"
+) -> bytes:
+    return build_sync_message_error(
+        M,
+        from_party=SPINE_PARTY,
+        to_party=OUR_PARTY,
+        cpa_id=CPA_ID,
+        conversation_id=C,
+        error_code=code,
+        description=description,
+        message_id=A,
+        now=NOW,
+    )
+
+
+def _ack_from_spine() -> bytes:
+    return build_acknowledgement(_query_header(), our_party_key=SPINE_PARTY, ack_message_id=A, now=NOW)
+
+
+def _as_multipart(xml: bytes) -> tuple[str, bytes]:
+    return SPEC_CONTENT_TYPE, _multipart(_part("ebXMLHeader@spine.nhs.uk", xml))
+
+
+def test_sync_message_error_layout() -> None:
+    root = parse_xml(_spine_message_error())
+    assert root.findtext(".//eb:MessageHeader/eb:MessageData/eb:RefToMessageId", namespaces=NS) == M
+    assert root.findtext(".//eb:MessageHeader/eb:From/eb:PartyId", namespaces=NS) == SPINE_PARTY
+    assert root.findtext(".//eb:MessageHeader/eb:Action", namespaces=NS) == "MessageError"
+    assert root.find(".//eb:ErrorList/eb:Error", NS).get(f"{{{EB}}}errorCode") == "ValueNotRecognized"
+
+
+def test_soap_fault_layout() -> None:
+    root = parse_xml(build_soap_fault(["200", "206"], "System failure to process message"))
+    fault = root.find("SOAP:Body/SOAP:Fault", NS)
+    assert fault.findtext("faultcode") == "SOAP:Server"
+    errors = fault.findall("detail/nasp:errorList/nasp:error", NS)
+    assert [e.findtext("nasp:errorCode", namespaces=NS) for e in errors] == ["200", "206"]
+    for error in errors:
+        assert [etree.QName(child).localname for child in error] == [
+            "codeContext",
+            "errorCode",
+            "severity",
+            "location",
+            "description",
+        ]
+        assert error.findtext("nasp:description", namespaces=NS) == "System failure to process message"
+    with pytest.raises(ValueError):
+        build_soap_fault([], "x")
+
+
+REJECT_CPA = Rejected("ValueNotRecognized", "501319:Unknown eb:CPAId", retriable=False)
+
+
+@pytest.mark.parametrize(
+    ("status", "content_type", "body", "expected"),
+    [
+        pytest.param(202, None, b"", Accepted(), id="202-empty"),
+        pytest.param(202, "text/plain", b"  \r\n", Accepted(), id="202-blank"),
+        pytest.param(200, "text/xml", _ack_from_spine(), Accepted(), id="200-ack"),
+        pytest.param(202, "text/xml; charset=UTF-8", _ack_from_spine(), Accepted(), id="202-ack"),
+        pytest.param(200, *_as_multipart(_ack_from_spine()), Accepted(), id="200-ack-multipart"),
+        pytest.param(200, "text/xml", _spine_message_error(), REJECT_CPA, id="200-message-error"),
+        pytest.param(500, "text/xml", _spine_message_error(), REJECT_CPA, id="500-message-error"),
+        pytest.param(
+            200, *_as_multipart(_spine_message_error()), REJECT_CPA, id="200-message-error-multipart"
+        ),
+        pytest.param(
+            500, "text/xml", build_soap_fault(["200"], "d"), Rejected("200", "d", True), id="fault-200"
+        ),
+        pytest.param(
+            500, "text/xml", build_soap_fault(["206"], "d"), Rejected("206", "d", True), id="fault-206"
+        ),
+        pytest.param(
+            500, "text/xml", build_soap_fault(["208"], "d"), Rejected("208", "d", True), id="fault-208"
+        ),
+        pytest.param(
+            500,
+            "text/xml",
+            build_soap_fault(["200", "208"], "d"),
+            Rejected("200,208", "d; d", True),
+            id="fault-all",
+        ),
+        pytest.param(
+            500, "text/xml", build_soap_fault(["101"], "d"), Rejected("101", "d", False), id="fault-permanent"
+        ),
+        pytest.param(
+            500,
+            "text/xml",
+            build_soap_fault(["200", "101"], "d"),
+            Rejected("200,101", "d; d", False),
+            id="fault-mixed",
+        ),
+        pytest.param(
+            500,
+            *_as_multipart(build_soap_fault(["206"], "d")),
+            Rejected("206", "d", True),
+            id="fault-multipart",
+        ),
+        pytest.param(
+            400,
+            "text/html",
+            b"<html>bad</html>",
+            Rejected("http_400", "HTTP 400 from Spine", False),
+            id="400",
+        ),
+        pytest.param(403, None, b"", Rejected("http_403", "HTTP 403 from Spine", False), id="403"),
+        pytest.param(
+            404, "text/plain", b"nope", Rejected("http_404", "HTTP 404 from Spine", False), id="404"
+        ),
+        pytest.param(
+            502, "text/html", b"<html/>", Rejected("http_502", "HTTP 502 from Spine", True), id="502"
+        ),
+        pytest.param(503, None, b"", Rejected("http_503", "HTTP 503 from Spine", True), id="503"),
+        pytest.param(504, None, b"", Rejected("http_504", "HTTP 504 from Spine", True), id="504"),
+        pytest.param(
+            500, "text/plain", b"oops", Rejected("http_500", "HTTP 500 from Spine", True), id="500-plain"
+        ),
+        pytest.param(507, None, b"", Rejected("http_507", "HTTP 507 from Spine", True), id="other-5xx"),
+    ],
+)
+def test_classify_sync_answer(status: int, content_type: str | None, body: bytes, expected: object) -> None:
+    assert classify_sync_answer(status, content_type, body) == expected
+
+
+def test_soap_fault_without_error_list_is_infrastructure() -> None:
+    body = (
+        b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault>'
+        b"<faultcode>s:Server</faultcode><faultstring>down</faultstring></s:Fault></s:Body></s:Envelope>"
+    )
+    answer = classify_sync_answer(500, "text/xml", body)
+    assert isinstance(answer, Rejected) and answer.retriable and answer.code == "http_500"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"<html><body>OK</body></html>", id="html"),
+        pytest.param(b"not xml at all", id="text"),
+        pytest.param(
+            b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header/><s:Body/></s:Envelope>',
+            id="empty-envelope",
+        ),
+        pytest.param(DOCTYPE_SOAP, id="doctype"),
+    ],
+)
+def test_a_200_without_an_ebxml_signal_is_not_success(body: bytes) -> None:
+    answer = classify_sync_answer(200, "text/xml", body)
+    assert isinstance(answer, Rejected)
+    assert not answer.retriable
+
+
+def test_warning_only_error_list_does_not_reject() -> None:
+    warning = build_message_error(
+        _query_header(),
+        our_party_key=SPINE_PARTY,
+        error_message_id=A,
+        now=NOW,
+        error_code="Inconsistent",
+        description="advisory",
+        severity="Warning",
+    )
+    assert classify_sync_answer(200, "text/xml", warning) == Accepted()
+
+
+def test_client_error_is_not_retried_even_with_retriable_fault_codes() -> None:
+    answer = classify_sync_answer(400, "text/xml", build_soap_fault(["200"], "d"))
+    assert answer == Rejected("200", "d", retriable=False)
+
+
+def test_redirect_is_not_retried() -> None:
+    answer = classify_sync_answer(302, None, b"")
+    assert isinstance(answer, Rejected) and not answer.retriable
