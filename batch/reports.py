@@ -1,0 +1,210 @@
+"""Analyst outputs for one run, written to temporary names and renamed into place.
+
+`results.parquet` has every input row with exactly one outcome; `flagged.parquet`/`flagged.csv` one row per
+input row per plan; `exceptions.csv` the rows that are neither flagged nor not_flagged; `summary.json` counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+OUTCOMES = ("flagged", "not_flagged", "invalid_nhs_number", "error", "no_reply")
+EXCEPTION_OUTCOMES = ("invalid_nhs_number", "error", "no_reply")
+
+RESULT_COLUMNS = (
+    "source_file",
+    "source_row",
+    "nhs_number",
+    "outcome",
+    "reason",
+    "warnings",
+    "attempts",
+    "message_id",
+    "queried_at",
+)
+PLAN_COLUMNS = (
+    "plan_type",
+    "plan_start",
+    "plan_end",
+    "plan_active_on_appointment",
+    "la_code",
+    "la_name",
+    "la_office_phone",
+    "la_emergency_phone",
+    "access_count",
+    "last_access_at",
+    "last_access_organisation",
+    "child_records",
+)
+FLAGGED_COLUMNS = ("source_file", "source_row", "nhs_number", *PLAN_COLUMNS, "message_id", "queried_at")
+
+_OUTCOME_SCHEMA = {
+    "nhs_number": pl.Utf8,
+    "outcome": pl.Utf8,
+    "reason": pl.Utf8,
+    "attempts": pl.Int64,
+    "message_id": pl.Utf8,
+    "queried_at": pl.Utf8,
+}
+_PLAN_SCHEMA = {
+    "nhs_number": pl.Utf8,
+    "plan_type": pl.Utf8,
+    "plan_start": pl.Utf8,
+    "plan_end": pl.Utf8,
+    "la_code": pl.Utf8,
+    "la_name": pl.Utf8,
+    "la_office_phone": pl.Utf8,
+    "la_emergency_phone": pl.Utf8,
+    "access_count": pl.Int64,
+    "last_access_at": pl.Utf8,
+    "last_access_organisation": pl.Utf8,
+    "child_records": pl.Int64,
+}
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    directory: Path
+    results: Path
+    flagged_parquet: Path
+    flagged_csv: Path
+    exceptions: Path
+    summary: Path
+
+
+def _input_frame(patients: pl.DataFrame) -> pl.DataFrame:
+    """Input columns as given, renamed `input_<name>` only where they collide with a report column."""
+    reserved = set(RESULT_COLUMNS) | set(PLAN_COLUMNS)
+    renames = {c: f"input_{c}" for c in patients.columns if not c.startswith("_") and c in reserved}
+    return patients.rename(renames)
+
+
+def build_results(patients: pl.DataFrame, outcomes: list[dict[str, Any]]) -> pl.DataFrame:
+    frame = _input_frame(patients)
+    input_cols = [c for c in frame.columns if not c.startswith("_")]
+    answers = pl.DataFrame(
+        [{k: o.get(k) for k in _OUTCOME_SCHEMA} for o in outcomes], schema=_OUTCOME_SCHEMA, orient="row"
+    ).rename({c: f"_q_{c}" for c in _OUTCOME_SCHEMA})
+    joined = frame.join(answers, left_on="_nhs_number", right_on="_q_nhs_number", how="left", coalesce=False)
+    invalid = pl.col("_nhs_reason").is_not_null()
+    results = joined.select(
+        *input_cols,
+        pl.col("_source_file").alias("source_file"),
+        pl.col("_source_row").alias("source_row"),
+        pl.col("_nhs_number").alias("nhs_number"),
+        pl.when(invalid)
+        .then(pl.lit("invalid_nhs_number"))
+        # A valid row with no stored outcome would be a bug; it is reported, never silently dropped.
+        .otherwise(pl.col("_q_outcome").fill_null("error"))
+        .alias("outcome"),
+        pl.when(invalid)
+        .then(pl.col("_nhs_reason"))
+        .when(pl.col("_q_outcome").is_null())
+        .then(pl.lit("internal:no_outcome"))
+        .otherwise(pl.col("_q_reason"))
+        .alias("reason"),
+        pl.col("_nhs_warning").alias("warnings"),
+        pl.col("_q_attempts").fill_null(0).alias("attempts"),
+        pl.col("_q_message_id").alias("message_id"),
+        pl.col("_q_queried_at").alias("queried_at"),
+        pl.col("_appointment_date"),
+    )
+    return results.sort("source_file", "source_row")
+
+
+def build_flagged(
+    results: pl.DataFrame, outcomes: list[dict[str, Any]], reference_date: date
+) -> pl.DataFrame:
+    rows = []
+    for o in outcomes:
+        result = o.get("result")
+        if o.get("outcome") != "flagged" or not result:
+            continue
+        for plan in result["plans"]:
+            rows.append(
+                {
+                    "nhs_number": o["nhs_number"],
+                    **{k: plan.get(k) for k in ("plan_type", "plan_start", "plan_end")},
+                    **{
+                        k: plan.get(k)
+                        for k in ("la_code", "la_name", "la_office_phone", "la_emergency_phone")
+                    },
+                    "access_count": result.get("access_count"),
+                    "last_access_at": result.get("last_access_at"),
+                    "last_access_organisation": result.get("last_access_organisation"),
+                    "child_records": result.get("child_records"),
+                }
+            )
+    plans = pl.DataFrame(rows, schema=_PLAN_SCHEMA, orient="row")
+    flagged_rows = results.filter(pl.col("outcome") == "flagged")
+    input_cols = [c for c in results.columns if c not in RESULT_COLUMNS and not c.startswith("_")]
+    joined = flagged_rows.join(plans, on="nhs_number", how="inner")
+    day = pl.col("_appointment_date").fill_null(pl.lit(reference_date))
+    start = pl.col("plan_start").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+    end = pl.col("plan_end").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+    active = (start.is_null() | (start <= day)) & (end.is_null() | (end >= day))
+    return (
+        joined.with_columns(active.alias("plan_active_on_appointment"))
+        .select(*input_cols, *FLAGGED_COLUMNS)
+        .sort("source_file", "source_row", "plan_type", "plan_start", nulls_last=True)
+    )
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    return tmp
+
+
+def write_reports(
+    directory: Path,
+    patients: pl.DataFrame,
+    outcomes: list[dict[str, Any]],
+    *,
+    reference_date: date,
+    summary: dict[str, Any],
+) -> tuple[ReportPaths, pl.DataFrame]:
+    """Write every report under a temporary name, then rename each into place (a reader never sees half a file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    results = build_results(patients, outcomes)
+    flagged = build_flagged(results, outcomes, reference_date)
+    public = results.drop("_appointment_date")
+    exceptions = public.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
+    counts = {k: 0 for k in OUTCOMES}
+    for outcome, n in public.group_by("outcome").len().iter_rows():
+        counts[outcome] = n
+    summary = {**summary, "rows": public.height, "outcomes": counts, "flagged_plan_rows": flagged.height}
+
+    paths = ReportPaths(
+        directory=directory,
+        results=directory / "results.parquet",
+        flagged_parquet=directory / "flagged.parquet",
+        flagged_csv=directory / "flagged.csv",
+        exceptions=directory / "exceptions.csv",
+        summary=directory / "summary.json",
+    )
+    staged = [
+        (paths.results, _atomic(paths.results, public.write_parquet)),
+        (paths.flagged_parquet, _atomic(paths.flagged_parquet, flagged.write_parquet)),
+        (paths.flagged_csv, _atomic(paths.flagged_csv, flagged.write_csv)),
+        (paths.exceptions, _atomic(paths.exceptions, exceptions.write_csv)),
+        (
+            paths.summary,
+            _atomic(
+                paths.summary, lambda p: p.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            ),
+        ),
+    ]
+    for final, tmp in staged:
+        os.replace(tmp, final)
+    return paths, public

@@ -1,0 +1,146 @@
+"""Outbound leg: one mutual-TLS HTTP client per run that POSTs ebXML messages to Spine.
+
+The transport resends the identical bytes (same M) after connect failures, retriable SOAP faults and
+502/503/504, with exponential back-off and jitter (ebxml-transport §7). It never resends after a read timeout:
+Spine may already hold the query, so the reply timeout decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import anyio
+import httpx
+import stamina
+
+from batch.config import HttpConfig, SpineConfig
+from batch.ebxml import Accepted, Rejected, classify_sync_answer
+from batch.hl7 import assert_scheduled_care
+from batch.ratelimit import SlidingWindowLimiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendAccepted:
+    """Spine took the query (HTTP 202 or an MSH acknowledgement)."""
+
+
+@dataclass(frozen=True)
+class SendRejected:
+    """Spine answered with a permanent error: the child ends as `error` with this code."""
+
+    code: str
+    description: str
+
+
+@dataclass(frozen=True)
+class SendUnanswered:
+    """No usable HTTP answer. `maybe_delivered` means the request went out (read timeout)."""
+
+    reason: str
+    maybe_delivered: bool
+
+
+SendResult = SendAccepted | SendRejected | SendUnanswered
+
+
+class _Retry(Exception):
+    """Raised inside the retry loop for an outcome worth resending; carries the last result."""
+
+    def __init__(self, result: SendResult) -> None:
+        super().__init__(getattr(result, "reason", None) or getattr(result, "code", ""))
+        self.result = result
+
+
+class SpineTransport:
+    """Posts prepared ebXML messages; paced by the shared limiter and a cap on concurrent POSTs."""
+
+    def __init__(
+        self,
+        *,
+        spine: SpineConfig,
+        http: HttpConfig,
+        ssl_context: ssl.SSLContext,
+        limiter: SlidingWindowLimiter,
+        max_concurrent_posts: int,
+    ) -> None:
+        self._spine = spine
+        self._http = http
+        self._limiter = limiter
+        self._posts = anyio.CapacityLimiter(max_concurrent_posts)
+        self._client = httpx.AsyncClient(
+            verify=ssl_context,
+            timeout=httpx.Timeout(
+                connect=http.connect_timeout_s,
+                read=http.response_timeout_s,
+                write=http.response_timeout_s,
+                pool=None,
+            ),
+            limits=httpx.Limits(
+                max_connections=max_concurrent_posts, max_keepalive_connections=max_concurrent_posts
+            ),
+            follow_redirects=False,
+        )
+        self.posts_made = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> SpineTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def send(self, headers: dict[str, str], body: bytes, hl7: bytes) -> SendResult:
+        # Fail closed: nothing leaves without the scheduled-care flag set to false (decision a).
+        assert_scheduled_care(hl7)
+        try:
+            async for attempt in stamina.retry_context(
+                on=_Retry,
+                attempts=self._http.transport_retries + 1,
+                wait_initial=self._http.backoff_s,
+                wait_exp_base=2.0,
+                wait_jitter=0.2 * self._http.backoff_s,
+                wait_max=30 * self._http.backoff_s,
+                timeout=None,
+            ):
+                with attempt:
+                    result, retriable = await self._post_once(headers, body)
+                    if retriable:
+                        raise _Retry(result)
+                    return result
+        except _Retry as exc:
+            return exc.result
+        raise AssertionError("unreachable: retry_context always returns or raises")
+
+    async def _post_once(self, headers: dict[str, str], body: bytes) -> tuple[SendResult, bool]:
+        async with self._posts:
+            await self._limiter.acquire()
+            self.posts_made += 1
+            try:
+                response = await self._client.post(self._spine.url, content=body, headers=headers)
+            except httpx.ConnectError:
+                return SendUnanswered("connect_failed", maybe_delivered=False), True
+            except httpx.ConnectTimeout:
+                return SendUnanswered("connect_timeout", maybe_delivered=False), True
+            except (httpx.ReadTimeout, httpx.WriteTimeout):
+                return SendUnanswered("response_timeout", maybe_delivered=True), False
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # The connection dropped mid-exchange: Spine may or may not have the query. Resending the same
+                # M is what ebxml-transport §7 allows for a connection failure.
+                return SendUnanswered("connection_lost", maybe_delivered=False), True
+            except httpx.HTTPError as exc:
+                return SendUnanswered(type(exc).__name__, maybe_delivered=False), True
+        answer = classify_sync_answer(
+            response.status_code, response.headers.get("content-type"), response.content
+        )
+        if isinstance(answer, Accepted):
+            return SendAccepted(), False
+        assert isinstance(answer, Rejected)
+        if answer.retriable:
+            return SendUnanswered(f"retriable:{answer.code}", maybe_delivered=False), True
+        return SendRejected(answer.code, answer.description), False
