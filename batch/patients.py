@@ -1,0 +1,467 @@
+"""Reading clinic patient lists (CSV or Parquet, any column names) into one frame of validated rows.
+
+Row problems (a bad NHS number, an unreadable appointment date) stay on the row; problems with a file as a
+whole raise `InputError`. Messages name the file, a row number and what is wrong, never a cell value: a
+header-less file's first line is patient data, so header names are only quoted when they come from the job
+configuration.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import glob
+import io
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from batch.nhs_number import WARNINGS, Profile, nhs_number_expr
+
+MAX_LINE_BYTES = 1 << 20
+_CHUNK_BYTES = 1 << 16
+
+CSV_SUFFIXES = frozenset({".csv", ".txt", ".tsv"})
+PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
+
+SOURCE_FILE = "_source_file"
+SOURCE_ROW = "_source_row"
+NHS_NUMBER = "_nhs_number"
+NHS_REASON = "_nhs_reason"
+NHS_WARNING = "_nhs_warning"
+APPOINTMENT_DATE = "_appointment_date"
+INTERNAL_COLUMNS = (SOURCE_FILE, SOURCE_ROW, NHS_NUMBER, NHS_REASON, NHS_WARNING, APPOINTMENT_DATE)
+
+DUPLICATE = WARNINGS["W_DUPLICATE"]
+BAD_APPOINTMENT_DATE = "bad_appointment_date"
+
+_BAD_DATE_FLAG = "__bad_appointment_date"
+_DEFAULT_DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y")
+_OTHER_DELIMITERS = (",", ";", "\t", "|")
+_BLANK = " \t\r\n\ufeff"
+# Leading bytes of files that are sometimes saved with a .csv name but are not CSV text.
+_NOT_TEXT_MAGIC = (
+    (b"PAR1", "file holds Parquet data, not CSV text (name it .parquet)"),
+    (b"PK\x03\x04", "file is a ZIP archive such as an Excel workbook, not CSV text (export it as CSV)"),
+    (b"\xd0\xcf\x11\xe0", "file is an Excel 97-2003 workbook, not CSV text (export it as CSV)"),
+    (b"\xff\xfe", "file is UTF-16 text (save it as UTF-8 CSV)"),
+    (b"\xfe\xff", "file is UTF-16 text (save it as UTF-8 CSV)"),
+)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Where the data is in a list. `appointment_date_format` is a strptime format; None accepts
+    ISO `YYYY-MM-DD` and `DD/MM/YYYY`."""
+
+    nhs_number_column: str
+    appointment_date_column: str | None = None
+    appointment_date_format: str | None = None
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        if not self.nhs_number_column:
+            raise ValueError("nhs_number_column must name a column")
+        if len(self.delimiter) != 1 or not self.delimiter.isascii() or self.delimiter in '"\r\n':
+            raise ValueError("delimiter must be one ASCII character other than '\"' or a line break")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {self.encoding!r}") from None
+        # Line and NUL scanning works on raw bytes, so every ASCII byte must mean itself (rules out UTF-16).
+        ascii_bytes = bytes(range(128))
+        try:
+            ascii_compatible = ascii_bytes.decode(self.encoding) == ascii_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            ascii_compatible = False
+        if not ascii_compatible:
+            raise ValueError(f"encoding {self.encoding!r} is not ASCII-compatible")
+
+
+class InputError(Exception):
+    """A list that cannot be read as a whole. `row` is the 1-based line in the file as an editor or
+    spreadsheet numbers it (the header is row 1), or None when the problem has no single place."""
+
+    def __init__(self, path: Path, row: int | None, reason: str) -> None:
+        super().__init__(path, row, reason)
+        self.path = Path(path)
+        self.row = row
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.path}: row {self.row}" if self.row is not None else str(self.path)
+        return f"{where}: {self.reason}"
+
+
+def _os_error(path: Path, exc: OSError) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        return InputError(path, None, "file not found")
+    if isinstance(exc, IsADirectoryError):
+        return InputError(path, None, "is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return InputError(path, None, "cannot read file: permission denied")
+    return InputError(path, None, f"cannot read file: {exc.strerror or type(exc).__name__}")
+
+
+def _check_regular_file(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    if stat.S_ISDIR(mode):
+        raise InputError(path, None, "is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        # Opening a FIFO or device could block or never end.
+        raise InputError(path, None, "not a regular file")
+
+
+def _check_readable(path: Path) -> None:
+    _check_regular_file(path)
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+
+
+def resolve_inputs(pattern: str, base_dir: Path) -> list[Path]:
+    """The files a job's input names: one path or a glob, relative to `base_dir` unless absolute, sorted.
+
+    Directories matched by a glob are skipped; a glob must match at least one file.
+    """
+    if not pattern.strip():
+        raise InputError(Path(pattern), None, "no input path given")
+    given = Path(pattern)
+    full = given if given.is_absolute() else Path(base_dir) / given
+    if not any(char in pattern for char in "*?["):
+        _check_readable(full)
+        return [full]
+    anchor = "" if given.is_absolute() else glob.escape(str(base_dir))
+    found = sorted(Path(match) for match in glob.glob(str(Path(anchor) / pattern), recursive=True))
+    files = [path for path in found if path.is_file()]
+    if not files:
+        raise InputError(full, None, "no files match this pattern")
+    for path in files:
+        _check_readable(path)
+    return files
+
+
+# --- CSV ----------------------------------------------------------------------------------------------
+
+
+def _overflow_offset(chunk: bytes, carried: int) -> int | None:
+    """Offset of the first byte in `chunk` that takes a line past MAX_LINE_BYTES, if any."""
+    if carried + len(chunk) <= MAX_LINE_BYTES:
+        return None
+    start, used = 0, carried
+    while True:
+        end = chunk.find(b"\n", start)
+        stop = len(chunk) if end < 0 else end
+        if used + (stop - start) > MAX_LINE_BYTES:
+            return start + (MAX_LINE_BYTES - used)
+        if end < 0:
+            return None
+        start, used = end + 1, 0
+
+
+def _prescan_csv(path: Path, spec: InputSpec) -> None:
+    """One streaming pass for what polars would report badly or only after loading everything: foreign
+    binary formats, NUL bytes, bytes invalid in the configured encoding, over-long lines, no content."""
+    decoder = codecs.getincrementaldecoder(spec.encoding)(errors="strict")
+    not_text = f"bytes that are not valid {spec.encoding} text (is the file in another encoding?)"
+    line = 1  # line number at the start of the current chunk
+    carried = 0  # bytes of that line seen in earlier chunks
+    has_content = False
+    with path.open("rb") as handle:
+        chunk = handle.read(_CHUNK_BYTES)
+        for magic, reason in _NOT_TEXT_MAGIC:
+            if chunk.startswith(magic):
+                raise InputError(path, None, reason)
+        while chunk:
+            problems: list[tuple[int, str]] = []
+            nul = chunk.find(b"\x00")
+            if nul >= 0:
+                problems.append((nul, "binary data (NUL byte), not CSV text"))
+            overflow = _overflow_offset(chunk, carried)
+            if overflow is not None:
+                problems.append((overflow, f"line longer than {MAX_LINE_BYTES} bytes"))
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                # exc.start counts from the bytes the decoder held back from the previous chunk.
+                problems.append((max(exc.start - pending, 0), not_text))
+            else:
+                has_content = has_content or bool(text.strip(_BLANK))
+            if problems:
+                offset, reason = min(problems)
+                raise InputError(path, line + chunk.count(b"\n", 0, offset), reason)
+            last_newline = chunk.rfind(b"\n")
+            line += chunk.count(b"\n")
+            carried = carried + len(chunk) if last_newline < 0 else len(chunk) - last_newline - 1
+            chunk = handle.read(_CHUNK_BYTES)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InputError(path, line, not_text) from None
+    if not has_content:
+        raise InputError(path, None, "empty file")
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name in {"utf-8", "utf-8-sig"}
+
+
+def _text_encoding(spec: InputSpec) -> str:
+    # Python's utf-8 codec would keep a byte order mark as part of the first header name.
+    return "utf-8-sig" if _is_utf8(spec.encoding) else spec.encoding
+
+
+def _first_line_width(path: Path, spec: InputSpec) -> int:
+    with path.open(encoding=_text_encoding(spec), newline="") as handle:
+        try:
+            return len(next(csv.reader(handle, delimiter=spec.delimiter)))
+        except (StopIteration, csv.Error):
+            return 0
+
+
+def _locate_bad_record(path: Path, spec: InputSpec, width: int) -> int | None:
+    """Line of the first record Python's csv module cannot fit into `width` columns (best effort)."""
+    with path.open(encoding=_text_encoding(spec), newline="") as handle:
+        reader = csv.reader(handle, delimiter=spec.delimiter, strict=True)
+        try:
+            for record in reader:
+                if len(record) > width:
+                    return reader.line_num
+        except csv.Error:
+            return reader.line_num
+    return None
+
+
+def _delimiter_hint(names: list[str], spec: InputSpec) -> str:
+    if len(names) != 1:
+        return ""
+    for other in _OTHER_DELIMITERS:
+        if other != spec.delimiter and other in names[0]:
+            shown = "tab" if other == "\t" else f"'{other}'"
+            return f"; wrong delimiter? found {shown}"
+    return ""
+
+
+def _header_names(cells: Sequence[str | None]) -> list[str]:
+    # Spreadsheet exports often end rows with empty cells; give those columns a stable positional name.
+    return [cell if cell else f"_unnamed_{position}" for position, cell in enumerate(cells, start=1)]
+
+
+def _read_csv(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
+    _prescan_csv(path, spec)
+    source: Path | io.BytesIO = path
+    if not _is_utf8(spec.encoding):
+        # polars reads UTF-8 only; lists are small, so transcoding in memory is fine.
+        source = io.BytesIO(path.read_bytes().decode(spec.encoding).encode("utf-8"))
+    try:
+        # The header is read as data so that duplicate names reach us instead of being renamed by polars.
+        raw = pl.read_csv(
+            source,
+            has_header=False,
+            infer_schema=False,
+            separator=spec.delimiter,
+            quote_char='"',
+            encoding="utf8",
+            raise_if_empty=True,
+            truncate_ragged_lines=False,
+            glob=False,
+        )
+    except pl.exceptions.NoDataError:
+        raise InputError(path, None, "empty file") from None
+    except pl.exceptions.PolarsError:
+        # polars quotes the offending text in its message: never chain it.
+        width = _first_line_width(path, spec)
+        row = _locate_bad_record(path, spec, width) if width else None
+        raise InputError(
+            path, row, "malformed CSV: more fields than the header, or an unbalanced quote"
+        ) from None
+    names = _header_names(raw.row(0))
+    _check_duplicate_names(path, names, header_row=1)
+    frame = raw.slice(1)
+    frame.columns = names
+    return frame, 1
+
+
+def _check_duplicate_names(path: Path, names: list[str], header_row: int | None) -> None:
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in seen:
+            raise InputError(
+                path, header_row, f"duplicate column names (columns {seen[name]} and {position})"
+            )
+        seen[name] = position
+
+
+# --- Parquet ------------------------------------------------------------------------------------------
+
+
+def _read_parquet(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
+    unreadable = "not a readable Parquet file (corrupt or truncated)"
+    try:
+        schema = pl.read_parquet_schema(path)
+    except pl.exceptions.DuplicateError:
+        raise InputError(path, None, "duplicate column names") from None
+    except pl.exceptions.PolarsError:
+        raise InputError(path, None, unreadable) from None
+    name = _match_column(list(schema), spec.nhs_number_column)
+    if name is not None:
+        dtype = schema[name]
+        if dtype.is_numeric():
+            raise InputError(
+                path,
+                None,
+                f"column '{name}' is {dtype}: NHS numbers must be stored as text "
+                "(leading zeros and digits may have been lost)",
+            )
+        if not (dtype in (pl.String, pl.Null) or isinstance(dtype, pl.Categorical | pl.Enum)):
+            raise InputError(path, None, f"column '{name}' is {dtype}: NHS numbers must be stored as text")
+    try:
+        frame = pl.read_parquet(path)
+    except pl.exceptions.PolarsError:
+        raise InputError(path, None, unreadable) from None
+    return frame, None
+
+
+def _textual(dtype: pl.DataType) -> bool:
+    """Types whose text form keeps everything the value said (so the output can be Utf8 throughout)."""
+    if dtype.is_numeric() or dtype in (pl.String, pl.Null, pl.Boolean, pl.Date, pl.Time):
+        return True
+    return isinstance(dtype, pl.Datetime | pl.Categorical | pl.Enum)
+
+
+# --- per-file annotation --------------------------------------------------------------------------------
+
+
+def _match_column(names: list[str], wanted: str) -> str | None:
+    """Exact name, else the one name equal to it ignoring case and surrounding spaces."""
+    if wanted in names:
+        return wanted
+    key = wanted.strip().casefold()
+    close = [name for name in names if name.strip().casefold() == key]
+    return close[0] if len(close) == 1 else None
+
+
+def _appointment_date(column: str, dtype: pl.DataType, fmt: str | None) -> pl.Expr:
+    source = pl.col(column)
+    if dtype == pl.Date:
+        return source
+    if isinstance(dtype, pl.Datetime):
+        return source.dt.date()
+    text = source.cast(pl.String).str.strip_chars()
+    formats = (fmt,) if fmt else _DEFAULT_DATE_FORMATS
+    return pl.coalesce([text.str.strptime(pl.Date, f, strict=False) for f in formats])
+
+
+def _annotate(
+    frame: pl.DataFrame, path: Path, header_row: int | None, spec: InputSpec, profile: Profile
+) -> pl.DataFrame:
+    names = frame.columns
+    for name in names:
+        if name in INTERNAL_COLUMNS or name == _BAD_DATE_FLAG:
+            raise InputError(
+                path, header_row, f"column name '{name}' is reserved for the reader's own columns"
+            )
+    nhs_column = _match_column(names, spec.nhs_number_column)
+    if nhs_column is None:
+        hint = _delimiter_hint(names, spec)
+        raise InputError(path, header_row, f"column '{spec.nhs_number_column}' not found{hint}")
+    date_column = None
+    if spec.appointment_date_column is not None:
+        date_column = _match_column(names, spec.appointment_date_column)
+        if date_column is None:
+            raise InputError(path, header_row, f"column '{spec.appointment_date_column}' not found")
+        if not _textual(frame.schema[date_column]):
+            raise InputError(
+                path,
+                header_row,
+                f"column '{spec.appointment_date_column}' is {frame.schema[date_column]}: "
+                "appointment dates must be stored as dates or text",
+            )
+
+    # Row numbers count every data record, so blank lines dropped below still leave later rows numbered
+    # as they are in the file.
+    frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(SOURCE_ROW))
+    frame = frame.filter(~pl.all_horizontal(pl.col(names).is_null()))
+    if frame.height == 0:
+        raise InputError(path, None, "no data rows (header only)")
+
+    if date_column is not None:
+        parsed = _appointment_date(date_column, frame.schema[date_column], spec.appointment_date_format)
+        # A blank cell is a missing date, not a bad one.
+        given = pl.col(date_column).cast(pl.String).str.strip_chars().str.len_chars() > 0
+        date_exprs = [parsed.alias(APPOINTMENT_DATE), (parsed.is_null() & given).alias(_BAD_DATE_FLAG)]
+    else:
+        date_exprs = [pl.lit(None, pl.Date).alias(APPOINTMENT_DATE), pl.lit(False).alias(_BAD_DATE_FLAG)]
+
+    nhs = nhs_number_expr(pl.col(nhs_column).cast(pl.String), profile)
+    frame = frame.with_columns(
+        pl.lit(str(path), pl.String).alias(SOURCE_FILE),
+        nhs.struct.field("nhs_number").alias(NHS_NUMBER),
+        nhs.struct.field("nhs_reason").alias(NHS_REASON),
+        nhs.struct.field("nhs_warning").alias(NHS_WARNING),
+        *date_exprs,
+    )
+    return frame.with_columns(pl.col(name).cast(pl.String) for name in names if _textual(frame.schema[name]))
+
+
+def _check_compatible(frames: list[tuple[Path, pl.DataFrame]]) -> None:
+    """Columns kept in their own type (binary, nested) must not meet a differently typed namesake."""
+    first_seen: dict[str, pl.DataType] = {}
+    for path, frame in frames:
+        for name, dtype in frame.schema.items():
+            earlier = first_seen.setdefault(name, dtype)
+            if earlier != dtype and pl.Null not in (earlier, dtype):
+                raise InputError(
+                    path, None, f"column '{name}' is {dtype} here but {earlier} in an earlier list"
+                )
+
+
+def read_patient_lists(
+    paths: Sequence[Path], spec: InputSpec, profile: Profile = "simulated"
+) -> pl.DataFrame:
+    """One row per data row of every list, original columns (as Utf8 where lossless) plus internal columns.
+
+    `_nhs_warning` is a comma-joined list: `float_suffix`, `duplicate` (the same valid number on an earlier
+    row of any list in this call) and `bad_appointment_date` (a non-empty date that does not parse).
+    """
+    if not paths:
+        raise ValueError("no input files")
+    annotated: list[tuple[Path, pl.DataFrame]] = []
+    for given in paths:
+        path = Path(given)
+        suffix = path.suffix.lower()
+        if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES:
+            expected = ", ".join(sorted(CSV_SUFFIXES | PARQUET_SUFFIXES))
+            raise InputError(path, None, f"unsupported file type '{suffix}' (expected {expected})")
+        _check_regular_file(path)
+        try:
+            frame, header_row = _read_csv(path, spec) if suffix in CSV_SUFFIXES else _read_parquet(path, spec)
+        except OSError as exc:
+            raise _os_error(path, exc) from exc
+        annotated.append((path, _annotate(frame, path, header_row, spec, profile)))
+
+    _check_compatible(annotated)
+    combined = pl.concat([frame for _, frame in annotated], how="diagonal_relaxed")
+    number = pl.col(NHS_NUMBER)
+    warning = pl.concat_str(
+        [
+            pl.col(NHS_WARNING),
+            pl.when(number.is_not_null() & ~number.is_first_distinct()).then(pl.lit(DUPLICATE)),
+            pl.when(pl.col(_BAD_DATE_FLAG)).then(pl.lit(BAD_APPOINTMENT_DATE)),
+        ],
+        separator=",",
+        ignore_nulls=True,
+    )
+    combined = combined.with_columns(pl.when(warning != "").then(warning).alias(NHS_WARNING))
+    originals = [name for name in combined.columns if name not in INTERNAL_COLUMNS and name != _BAD_DATE_FLAG]
+    return combined.select(*originals, *INTERNAL_COLUMNS)
