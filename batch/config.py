@@ -277,13 +277,16 @@ def load_job(path: Path) -> JobConfig:
     delimiter = input_table.get("delimiter", ",")
     if not isinstance(delimiter, str) or len(delimiter) != 1:
         raise ConfigError(f"{path}: input.delimiter must be one character")
-    input_spec = InputSpec(
-        nhs_number_column=r.text("input", "nhs_number_column"),
-        appointment_date_column=r.optional_text("input", "appointment_date_column"),
-        appointment_date_format=r.optional_text("input", "appointment_date_format"),
-        delimiter=delimiter,
-        encoding=r.optional_text("input", "encoding") or "utf-8",
-    )
+    try:
+        input_spec = InputSpec(
+            nhs_number_column=r.text("input", "nhs_number_column"),
+            appointment_date_column=r.optional_text("input", "appointment_date_column"),
+            appointment_date_format=r.optional_text("input", "appointment_date_format"),
+            delimiter=delimiter,
+            encoding=r.optional_text("input", "encoding") or "utf-8",
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [input] {exc}") from None
     return JobConfig(
         path=path,
         name=_job_name(r),

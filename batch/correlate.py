@@ -124,7 +124,7 @@ class ReplyProcessor:
             stored = await self._store.stored_ack(header.message_id)
             return HttpAnswer(200, XML_CONTENT_TYPE, stored or ack)
         self._count(disposition)
-        log.info(
+        log.debug(
             "inbound %s %s for attempt %s: %s",
             header.action,
             header.message_id,

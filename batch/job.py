@@ -18,6 +18,7 @@ import polars as pl
 
 from batch.config import JobConfig
 from batch.correlate import ReplyProcessor
+from batch.failpoints import failpoint
 from batch.ids import new_id
 from batch.inbound import InboundApp, bind_socket, serve_inbound
 from batch.logs import run_id_var
@@ -79,6 +80,7 @@ async def run_job(
         )
         run_id_var.set(run.run_id)
         await store.add_children(run.run_id, children)
+        failpoint("run_started")
         pending = await store.open_children(run.run_id)
         log.info(
             "%s run: %d input rows, %d distinct children, %d still to answer",

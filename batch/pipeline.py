@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from batch.config import JobConfig
 from batch.ebxml import ACTION_QUERY, SERVICE, MessageHeader, build_message, utc_timestamp
+from batch.failpoints import failpoint
 from batch.hl7 import build_query
 from batch.ids import new_id
 from batch.store import AttemptRef, QueryState, Store
@@ -111,6 +112,7 @@ class QueryPipeline:
             headers, body, hl7 = self._build(ref)
             # Written before the POST, so a reply that beats the 202 (or a crash) still finds its attempt.
             await self._store.record_attempt(ref, attempts)
+            failpoint("attempt_recorded")
             self.progress.attempts += 1
             result = await self._transport.send(headers, body, hl7)
             now = anyio.current_time()
@@ -131,6 +133,7 @@ class QueryPipeline:
                 self.progress.accepted += 1
                 self._consecutive_failures = 0
                 await self._store.mark_attempt(ref.message_id, self._run_id, "accepted")
+                failpoint("query_accepted")
             else:
                 await self._store.mark_attempt(ref.message_id, self._run_id, "unanswered", result.reason)
             last_failure = None

@@ -16,6 +16,8 @@ from typing import Any
 
 import polars as pl
 
+from batch.failpoints import failpoint
+
 OUTCOMES = ("flagged", "not_flagged", "invalid_nhs_number", "error", "no_reply")
 EXCEPTION_OUTCOMES = ("invalid_nhs_number", "error", "no_reply")
 
@@ -205,6 +207,7 @@ def write_reports(
             ),
         ),
     ]
+    failpoint("reports_staged")
     for final, tmp in staged:
         os.replace(tmp, final)
     return paths, public

@@ -1,0 +1,159 @@
+"""Bad input at the command line: one clear line naming file, row and reason, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batch.pki import make_dev_pki
+from tests.support import REPO, free_port, job_tables, run_cli, write_job
+
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|WARNING) ")
+HEADER = "NHS No,Patient Name,Appointment Date\n"
+ROW = "9991234012,Test Child,01/12/2026\n"
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], str]:
+    def make(folder: Path) -> str:
+        (folder / name).write_bytes(data)
+        return name
+
+    return make
+
+
+def _parquet_int(folder: Path) -> str:
+    pl.DataFrame({"NHS No": [9991234012], "Appointment Date": ["01/12/2026"]}).write_parquet(
+        folder / "ints.parquet"
+    )
+    return "ints.parquet"
+
+
+def _big_line(folder: Path) -> str:
+    # A 1 GiB file with no line break: must fail fast, in bounded memory.
+    path = folder / "one-line.csv"
+    block = b"9" * (1 << 20)
+    with path.open("wb") as fh:
+        for _ in range(1024):
+            fh.write(block)
+    return path.name
+
+
+def _directory(folder: Path) -> str:
+    (folder / "lists.csv").mkdir()
+    return "lists.csv"
+
+
+CASES: dict[str, tuple[Callable[[Path], str], str]] = {
+    "empty file": (_write("empty.csv", b""), "empty file"),
+    "header only": (_write("header.csv", HEADER.encode()), "no data rows"),
+    "missing NHS column": (
+        _write("cols.csv", b"Name,Appointment Date\nA,01/12/2026\n"),
+        "column 'NHS No' not found",
+    ),
+    "wrong delimiter": (_write("semi.csv", (HEADER + ROW).replace(",", ";").encode()), "delimiter"),
+    "non-UTF-8": (
+        _write("latin.csv", (HEADER + ROW).encode() + b"9991234020,Ren\xe9e \xff\xfe,01/12/2026\n"),
+        "row 3",
+    ),
+    "binary file": (_write("binary.csv", b"\x00\x01\x02PK\x03\x04" * 100), "binary"),
+    "1 GB single line": (_big_line, "row 1"),
+    "directory": (_directory, "is a directory"),
+    "missing file": (lambda folder: "absent.csv", "file not found"),
+    "Parquet integer column": (_parquet_int, "must be stored as text"),
+}
+
+
+def _job(folder: Path, pki: Path, inputs: str) -> Path:
+    tables = job_tables(
+        tmp=folder,
+        pki=pki,
+        inputs=inputs,
+        spine_url="https://127.0.0.1:9/reliablemessaging/reliablerequest",
+        inbound_port=9,
+    )
+    return write_job(folder / "job.toml", tables)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dev_pki(tmp_path_factory.mktemp("pki")).directory
+
+
+def _assert_refused(
+    completed: subprocess.CompletedProcess[str], folder: Path, file_name: str, needle: str
+) -> None:
+    assert completed.returncode == 2, completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("cpis-batch: error: ")]
+    assert len(errors) == 1, completed.stderr  # one line for the user
+    assert all(line in errors or LOG_LINE.match(line) for line in lines), completed.stderr  # no traceback
+    assert file_name in errors[0]
+    assert needle in errors[0]
+    assert "Traceback" not in completed.stderr
+    assert not (folder / "out").exists()
+    assert not (folder / "state").exists()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_refused_cleanly(case: str, tmp_path: Path, pki: Path) -> None:
+    make, needle = CASES[case]
+    file_name = make(tmp_path)
+    completed = run_cli("run", str(_job(tmp_path, pki, file_name)))
+    _assert_refused(completed, tmp_path, file_name, needle)
+    if case == "1 GB single line":
+        (tmp_path / file_name).unlink()
+
+
+def _run_tolerated(tmp_path: Path, pki: Path, name: str, data: bytes) -> tuple[int, pl.DataFrame]:
+    (tmp_path / name).write_bytes(data)
+    tables = job_tables(
+        tmp=tmp_path,
+        pki=pki,
+        inputs=name,
+        # Nothing listens on port 9: a valid child ends as a send failure, which is fine here.
+        spine_url="https://127.0.0.1:9/reliablemessaging/reliablerequest",
+        inbound_port=free_port(),
+    )
+    completed = run_cli("run", str(write_job(tmp_path / "job.toml", tables)))
+    assert completed.returncode in (0, 1), completed.stderr
+    return completed.returncode, pl.read_parquet(tmp_path / "out" / "latest" / "results.parquet")
+
+
+def test_bom_and_crlf_are_read_as_usual(tmp_path: Path, pki: Path) -> None:
+    data = b"\xef\xbb\xbf" + (HEADER + ROW).replace("\n", "\r\n").encode()
+    code, results = _run_tolerated(tmp_path, pki, "bom-crlf.csv", data)
+    assert results.columns[:3] == ["NHS No", "Patient Name", "Appointment Date"]
+    assert results.get_column("nhs_number").to_list() == ["9991234012"]
+    assert results.get_column("outcome").to_list() == ["error"]  # no Spine on port 9
+    assert code == 1
+
+
+def test_excel_damaged_numbers_are_row_outcomes(tmp_path: Path, pki: Path) -> None:
+    data = (HEADER + "9.99123E+09,Excel Damaged,01/12/2026\n999123401,Lost Zero,01/12/2026\n").encode()
+    code, results = _run_tolerated(tmp_path, pki, "excel.csv", data)
+    assert results.get_column("outcome").to_list() == ["invalid_nhs_number", "invalid_nhs_number"]
+    assert results.get_column("reason").to_list() == ["scientific_notation", "leading_zero_lost"]
+    assert code == 0
+
+
+def test_unreadable_file(tmp_path: Path, pki: Path) -> None:
+    private = tmp_path / "secret.csv"
+    private.write_text(HEADER + ROW)
+    private.chmod(0)
+    command = [sys.executable, "-m", "batch", "run", str(_job(tmp_path, pki, "secret.csv"))]
+    if os.geteuid() == 0:
+        # Permissions do not bind root; without the DAC capabilities they do.
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and util-linux setpriv is not installed to drop CAP_DAC_OVERRIDE")
+        command = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--", *command]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False, timeout=120)
+    _assert_refused(completed, tmp_path, "secret.csv", "permission denied")
