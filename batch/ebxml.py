@@ -658,7 +658,7 @@ def _message_error(envelope: etree._Element) -> Rejected | None:
     descriptions = [
         _text(error, "eb:Description") or code for error, code in zip(blocking, codes, strict=True)
     ]
-    return Rejected(",".join(codes), _bounded("; ".join(descriptions)), retriable=False)
+    return Rejected("MessageError:" + ",".join(codes), _bounded("; ".join(descriptions)), retriable=False)
 
 
 def _soap_fault(envelope: etree._Element) -> Rejected | None:
@@ -673,7 +673,7 @@ def _soap_fault(envelope: etree._Element) -> Rejected | None:
     descriptions = [_text(error, "nasp:description") for error in errors]
     description = "; ".join(text for text in descriptions if text) or _text(fault, "faultstring")
     retriable = all(code in RETRIABLE_FAULT_CODES for code in codes)
-    return Rejected(",".join(codes), _bounded(description or "SOAP fault"), retriable=retriable)
+    return Rejected("SOAPFault:" + ",".join(codes), _bounded(description or "SOAP fault"), retriable=retriable)
 
 
 def classify_sync_answer(status: int, content_type: str | None, body: bytes) -> SyncAnswer:

@@ -80,6 +80,9 @@ async def _respond(send: Send, answer: HttpAnswer) -> None:
             "headers": [
                 (b"content-type", answer.content_type.encode("latin-1")),
                 (b"content-length", str(len(answer.body)).encode("ascii")),
+                # One reply per connection, as Spine sends them. An idle kept-alive TLS connection would
+                # hold shutdown for asyncio's 30 s close_notify wait when the peer never reads again.
+                (b"connection", b"close"),
             ],
         }
     )

@@ -550,7 +550,7 @@ def test_message_error_layout() -> None:
     assert errors[0].get(f"{{{EB}}}severity") == "Error"
     assert errors[0].findtext("eb:Description", namespaces=NS) == "501314:Invalid To Party Type attribute"
     assert classify_sync_answer(200, "text/xml", data) == Rejected(
-        "ValueNotRecognized", "501314:Invalid To Party Type attribute", retriable=False
+        "MessageError:ValueNotRecognized", "501314:Invalid To Party Type attribute", retriable=False
     )
 
 
@@ -635,7 +635,7 @@ def test_soap_fault_layout() -> None:
         build_soap_fault([], "x")
 
 
-REJECT_CPA = Rejected("ValueNotRecognized", "501319:Unknown eb:CPAId", retriable=False)
+REJECT_CPA = Rejected("MessageError:ValueNotRecognized", "501319:Unknown eb:CPAId", retriable=False)
 
 
 @pytest.mark.parametrize(
@@ -652,35 +652,35 @@ REJECT_CPA = Rejected("ValueNotRecognized", "501319:Unknown eb:CPAId", retriable
             200, *_as_multipart(_spine_message_error()), REJECT_CPA, id="200-message-error-multipart"
         ),
         pytest.param(
-            500, "text/xml", build_soap_fault(["200"], "d"), Rejected("200", "d", True), id="fault-200"
+            500, "text/xml", build_soap_fault(["200"], "d"), Rejected("SOAPFault:200", "d", True), id="fault-200"
         ),
         pytest.param(
-            500, "text/xml", build_soap_fault(["206"], "d"), Rejected("206", "d", True), id="fault-206"
+            500, "text/xml", build_soap_fault(["206"], "d"), Rejected("SOAPFault:206", "d", True), id="fault-206"
         ),
         pytest.param(
-            500, "text/xml", build_soap_fault(["208"], "d"), Rejected("208", "d", True), id="fault-208"
+            500, "text/xml", build_soap_fault(["208"], "d"), Rejected("SOAPFault:208", "d", True), id="fault-208"
         ),
         pytest.param(
             500,
             "text/xml",
             build_soap_fault(["200", "208"], "d"),
-            Rejected("200,208", "d; d", True),
+            Rejected("SOAPFault:200,208", "d; d", True),
             id="fault-all",
         ),
         pytest.param(
-            500, "text/xml", build_soap_fault(["101"], "d"), Rejected("101", "d", False), id="fault-permanent"
+            500, "text/xml", build_soap_fault(["101"], "d"), Rejected("SOAPFault:101", "d", False), id="fault-permanent"
         ),
         pytest.param(
             500,
             "text/xml",
             build_soap_fault(["200", "101"], "d"),
-            Rejected("200,101", "d; d", False),
+            Rejected("SOAPFault:200,101", "d; d", False),
             id="fault-mixed",
         ),
         pytest.param(
             500,
             *_as_multipart(build_soap_fault(["206"], "d")),
-            Rejected("206", "d", True),
+            Rejected("SOAPFault:206", "d", True),
             id="fault-multipart",
         ),
         pytest.param(
@@ -751,7 +751,7 @@ def test_warning_only_error_list_does_not_reject() -> None:
 
 def test_client_error_is_not_retried_even_with_retriable_fault_codes() -> None:
     answer = classify_sync_answer(400, "text/xml", build_soap_fault(["200"], "d"))
-    assert answer == Rejected("200", "d", retriable=False)
+    assert answer == Rejected("SOAPFault:200", "d", retriable=False)
 
 
 def test_redirect_is_not_retried() -> None:
