@@ -1,0 +1,19 @@
+"""`python -m batch.sim`: the simulated Spine without the rest of the command line."""
+
+import argparse
+import sys
+
+from batch import logs
+from batch.sim.cli import add_sim_arguments, run_sim
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m batch.sim", description="The simulated Spine for CP-IS.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_sim_arguments(parser)
+    args = parser.parse_args()
+    logs.configure(args.log_level)
+    return run_sim(args)
+
+
+sys.exit(main())

@@ -1,0 +1,301 @@
+"""The simulated Spine server: accepts CP-IS queries over mutual TLS and answers them asynchronously.
+
+``POST /reliablemessaging/reliablerequest`` takes a ``QUPC_IN000006GB01`` query and answers HTTP 202 with an
+empty body; the reply goes to the client's inbound URL on a new mutual-TLS connection after the configured
+latency. ``GET /_sim/stats`` and ``POST /_sim/reset`` expose and zero the counters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+
+from batch.ebxml import (
+    ACTION_QUERY,
+    SERVICE,
+    SIGNAL_CONTENT_TYPE,
+    EbxmlParseError,
+    HeaderProblem,
+    MessageHeader,
+    build_soap_fault,
+    build_sync_message_error,
+    parse_message,
+)
+from batch.hl7 import ReplyParseError, parse_query
+from batch.ids import new_id
+from batch.sim.answers import QueryContext, ReplyFactory, SimIdentity
+from batch.sim.dataset import Dataset
+from batch.sim.delivery import Delivery, Dispatcher, ReplyPoster
+from batch.sim.faults import FaultConfig, FaultDecider, FaultDecision
+from batch.sim.http11 import Exchange, Request, Response, listen_tcp, serve_tls
+from batch.sim.stats import SimStats
+
+log = logging.getLogger(__name__)
+
+QUERY_PATH = "/reliablemessaging/reliablerequest"
+STATS_PATH = "/_sim/stats"
+RESET_PATH = "/_sim/reset"
+
+# The detector keeps its own literal rather than importing the client's constant: a client bug that changed
+# the constant must still be caught here (decision a).
+_SCHEDULED_CARE = ("false",)
+# Spine's query-check error names (cpis-messages §3.1); both are permanent, so the client does not resend.
+_MISSING_DATA_FAULT = "ErrorBase1712.MANDATORY_DATA_MISSING"
+_BAD_SENDER_FAULT = "ErrorBase1732.INVALID_COMM_FUNC_SND"
+_ASID = re.compile(r"[0-9]{12}", re.ASCII)
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    dataset: Dataset
+    reply_url: str
+    identity: SimIdentity = field(default_factory=SimIdentity)
+    latency_s: float = 0.05
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    host: str = "127.0.0.1"
+    port: int = 0
+    reply_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.latency_s < 0 or self.reply_timeout_s <= 0:
+            raise ValueError("latency_s must be >= 0 and reply_timeout_s > 0")
+        if not self.reply_url.startswith("https://"):
+            raise ValueError("reply_url must be an https:// URL (the reply leg is mutual TLS)")
+
+
+class SimServer:
+    """One simulated Spine. ``await task_group.start(server.serve)`` returns the bound port."""
+
+    def __init__(
+        self, settings: SimSettings, *, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext
+    ) -> None:
+        self.settings = settings
+        self.stats = SimStats()
+        self.port: int | None = None
+        self._server_ssl = server_ssl
+        self._client_ssl = client_ssl
+        self._factory = ReplyFactory(settings.dataset, settings.identity)
+        self._decider = FaultDecider(settings.faults)
+        self._poster: ReplyPoster | None = None
+        self._deliveries: anyio.abc.ObjectSendStream[Delivery] | None = None
+        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("the simulator is not listening yet")
+        host = self.settings.host
+        return f"https://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def listen(self) -> int:
+        """Bind the listening socket now (a failure raises OSError here) and return its port."""
+        if self._listener is None:
+            self._listener, self.port = await listen_tcp(self.settings.host, self.settings.port)
+        assert self.port is not None
+        return self.port
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; reports the port once queries can be sent."""
+        settings = self.settings
+        await self.listen()
+        assert self._listener is not None and self.port is not None
+        send, receive = anyio.create_memory_object_stream[Delivery](max_buffer_size=1024)
+        timeout = httpx.Timeout(settings.reply_timeout_s, connect=10.0)
+        limits = httpx.Limits(max_connections=20, max_keepalive_connections=20)
+        # The send stream outlives the task group, which keeps running after this body has returned.
+        async with (
+            send,
+            httpx.AsyncClient(verify=self._client_ssl, timeout=timeout, limits=limits) as client,
+            anyio.create_task_group() as task_group,
+        ):
+            self._poster = ReplyPoster(client, settings.reply_url, self.stats)
+            await task_group.start(Dispatcher(self._poster, settings.faults).run, receive)
+            self._deliveries = send
+            task_group.start_soon(
+                partial(serve_tls, on_handshake_failure=self.stats.handshake_failed),
+                self._listener,
+                self._server_ssl,
+                self._handle,
+            )
+            log.info(
+                "simulated Spine ready: %d numbers in the dataset (%d flagged); faults %s",
+                len(settings.dataset.nhs_numbers()),
+                len(settings.dataset.flagged_numbers()),
+                ", ".join(f"{n}={r}" for n, r in sorted(settings.faults.rates.items()) if r) or "none",
+            )
+            task_status.started(self.port)
+
+    async def wait_for_stats(self, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Wait until the stats snapshot satisfies ``condition``, and return that snapshot."""
+        while True:
+            snapshot = self.stats.snapshot()
+            if condition(snapshot):
+                return snapshot
+            changed = anyio.Event()
+            self.stats.listeners.append(changed.set)
+            try:
+                await changed.wait()
+            finally:
+                self.stats.listeners.remove(changed.set)
+
+    async def _handle(self, request: Request, exchange: Exchange) -> None:
+        routes = {QUERY_PATH: "POST", STATS_PATH: "GET", RESET_PATH: "POST"}
+        method = routes.get(request.path)
+        if method is None:
+            await exchange.respond(Response(404, b"not found\n", "text/plain"))
+        elif request.method != method:
+            await exchange.respond(Response(405, b"method not allowed\n", "text/plain"))
+        elif request.path == QUERY_PATH:
+            self.stats.query_arrived(anyio.current_time())
+            try:
+                await self._query(request, exchange)
+            finally:
+                self.stats.query_done()
+        else:
+            if request.path == RESET_PATH:
+                self.stats.reset()
+                log.info("counters reset")
+            body = json.dumps(self.stats.snapshot(), indent=2).encode()
+            await exchange.respond(Response(200, body, "application/json"))
+
+    def _check_header(self, header: MessageHeader) -> HeaderProblem | None:
+        identity = self.settings.identity
+        if header.to_party != identity.party_key:
+            return HeaderProblem("ValueNotRecognized", "501314:Invalid To Party Type attribute")
+        if header.cpa_id != identity.cpa_id:
+            return HeaderProblem("ValueNotRecognized", "501319:Unknown eb:CPAId")
+        if header.service != SERVICE or header.action != ACTION_QUERY:
+            return HeaderProblem("NotSupported", "eb:Service/eb:Action not supported")
+        if not header.from_party or not header.conversation_id:
+            return HeaderProblem("Inconsistent", "eb:From or eb:ConversationId is missing")
+        return None
+
+    def _message_error(self, header: MessageHeader, problem: HeaderProblem) -> bytes:
+        return build_sync_message_error(
+            header.message_id,
+            from_party=self.settings.identity.party_key,
+            to_party=header.from_party,
+            cpa_id=header.cpa_id,
+            conversation_id=header.conversation_id,
+            error_code=problem.error_code,
+            description=problem.description,
+            message_id=new_id(),
+            now=datetime.now(UTC),
+        )
+
+    async def _reject(self, exchange: Exchange, response: Response) -> None:
+        self.stats.query_rejected()
+        await exchange.respond(response)
+
+    async def _query(self, request: Request, exchange: Exchange) -> None:
+        try:
+            message = parse_message(
+                request.headers.get("content-type", ""), request.body, request.headers.get("soapaction")
+            )
+        except EbxmlParseError as exc:
+            # Without a readable header there is no MessageId to refer a MessageError to.
+            log.info("query refused: unreadable ebXML message (%s)", exc)
+            await self._reject(exchange, Response(400, b"unreadable ebXML message\n", "text/plain"))
+            return
+        header = message.header
+        if not header.message_id:
+            await self._reject(exchange, Response(400, b"ebXML message without eb:MessageId\n", "text/plain"))
+            return
+        problem = self._check_header(header)
+        if problem is not None:
+            log.info("query %s refused: %s", header.message_id, problem.description)
+            await self._reject(
+                exchange, Response(500, self._message_error(header, problem), SIGNAL_CONTENT_TYPE)
+            )
+            return
+        context, flags = self._read_query(message.hl7, header)
+        if isinstance(context, str):
+            log.info("query %s refused: HL7 payload missing, unreadable or incomplete", header.message_id)
+            fault = build_soap_fault([context], "HL7 query payload missing, unreadable or incomplete")
+            await self._reject(exchange, Response(500, fault, SIGNAL_CONTENT_TYPE))
+            return
+        decision = self._decider.decide(
+            context.nhs_number, self.stats.occurrence(context.nhs_number, header.message_id)
+        )
+        self.stats.faults(decision.injected)
+        if decision.reject is not None:
+            await self._inject_rejection(exchange, header, decision)
+            return
+        await self._accept(exchange, context, flags, decision)
+
+    def _read_query(
+        self, hl7: bytes | None, header: MessageHeader
+    ) -> tuple[QueryContext | str, tuple[str, ...]]:
+        """The accepted query's context and its scheduled-care flags, or the SOAP fault code refusing it."""
+        if hl7 is None:
+            return _MISSING_DATA_FAULT, ()
+        try:
+            parsed = parse_query(hl7)
+        except ReplyParseError:
+            return _MISSING_DATA_FAULT, ()
+        if not parsed.nhs_number:
+            return _MISSING_DATA_FAULT, ()
+        if parsed.sender_asid is None or not _ASID.fullmatch(parsed.sender_asid):
+            return _BAD_SENDER_FAULT, ()
+        context = QueryContext(
+            header=header,
+            nhs_number=parsed.nhs_number,
+            client_asid=parsed.sender_asid,
+            hl7_message_id=parsed.message_id or header.message_id,
+        )
+        return context, parsed.scheduled_care_flags
+
+    async def _inject_rejection(
+        self, exchange: Exchange, header: MessageHeader, decision: FaultDecision
+    ) -> None:
+        self.stats.query_rejected()
+        if decision.reject == "connection_reset":
+            await exchange.reset()
+        elif decision.soap_fault_code is not None:
+            fault = build_soap_fault([decision.soap_fault_code], "Simulated Spine processing failure")
+            await exchange.respond(Response(500, fault, SIGNAL_CONTENT_TYPE))
+        else:
+            problem = HeaderProblem("Unknown", "Simulated MessageError (fault injection)")
+            body = self._message_error(header, problem)
+            await exchange.respond(Response(decision.message_error_status, body, SIGNAL_CONTENT_TYPE))
+
+    async def _accept(
+        self, exchange: Exchange, context: QueryContext, flags: tuple[str, ...], decision: FaultDecision
+    ) -> None:
+        assert self._poster is not None and self._deliveries is not None
+        faults = self.settings.faults
+        self.stats.query_accepted()
+        if flags != _SCHEDULED_CARE:
+            # CP-IS would have sent the local authority an Access to Service Notification.
+            self.stats.notification()
+            log.warning(
+                "query %s was not scheduled care: local-authority notification recorded",
+                context.header.message_id,
+            )
+        replies = self._factory.replies_for(context, decision, datetime.now(UTC))
+        self.stats.replies_scheduled(len(replies))
+        if decision.reply_before_accept:
+            await self._poster.post_in_order(replies)
+            replies = []
+        if decision.slow_accept:
+            await anyio.sleep(faults.slow_accept_s)
+        # The query is Spine's now: it is answered even when the client gave up waiting for the 202.
+        await exchange.respond(Response(202))
+        if not replies:
+            return
+        delay = faults.late_delay_s if decision.late_reply else self.settings.latency_s
+        try:
+            await self._deliveries.send(Delivery(replies, delay, hold=decision.reorder_replies))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.stats.replies_abandoned(len(replies))
