@@ -178,6 +178,9 @@ def write_reports(
 ) -> tuple[ReportPaths, pl.DataFrame]:
     """Write every report under a temporary name, then rename each into place (a reader never sees half a file)."""
     directory.mkdir(parents=True, exist_ok=True)
+    # Staged files of a process killed mid-write are never renamed into place; clear them away.
+    for stale in directory.glob(".*.tmp-*"):
+        stale.unlink(missing_ok=True)
     results = build_results(patients, outcomes)
     flagged = build_flagged(results, outcomes, reference_date)
     public = results.drop("_appointment_date")

@@ -104,3 +104,4 @@ def test_killed_run_resumes_to_identical_reports(stage: str, world: dict, clean:
     # Only one run exists in the state: the killed one, resumed and completed.
     runs = list((job.parent / "out").glob("run-*"))
     assert len(runs) == 1
+    assert not list(runs[0].glob(".*")), "a staged file was left behind"

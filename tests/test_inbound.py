@@ -18,7 +18,7 @@ from batch.ebxml import MessageHeader, build_message, utc_timestamp
 from batch.ids import new_id
 from batch.inbound import InboundApp, bind_socket, serve_inbound
 from batch.pki import DevPki, make_dev_pki, make_untrusted_client
-from batch.store import Store
+from batch.store import Store, StoreError
 from batch.tls import client_context
 from tests.support import free_port
 
@@ -154,3 +154,20 @@ async def _test_wrong_to_party_gets_message_error(url: str, _: list, pki: DevPki
         response = await client.post(url, content=body, headers=headers)
     assert response.status_code == 200
     assert b"MessageError" in response.content and b"ValueNotRecognized" in response.content
+
+
+async def test_store_failure_answers_500_without_acknowledgement(
+    tmp_path: Path, pki: DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(Store, "store_inbound", broken)
+    headers, body, _ = _orphan_reply()
+    async with serving(tmp_path, pki) as (url, resolved):
+        ctx = client_context(pki.spine_cert, pki.spine_key, pki.ca_cert)
+        async with httpx.AsyncClient(verify=ctx) as client:
+            response = await client.post(url, content=body, headers=headers)
+    assert response.status_code == 500
+    assert b"Acknowledgment" not in response.content
+    assert resolved == []
