@@ -47,7 +47,11 @@ def main(argv: list[str]) -> int:
     print(f"demo: reports in {latest.resolve()}")
     for name in ("flagged.csv", "flagged.parquet", "results.parquet", "exceptions.csv", "summary.json"):
         print(f"        {latest / name}")
-    return code
+    meaning = {0: "every row final", 1: "some rows ended error/no_reply: see exceptions.csv"}
+    print(f"demo: the job exited {code} ({meaning.get(code, 'the run did not complete')})")
+    # The sample list includes children Spine answers with an error, so 1 is the expected demo result;
+    # only a run that could not complete fails the demo.
+    return 0 if code in meaning else code
 
 
 if __name__ == "__main__":
