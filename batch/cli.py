@@ -85,8 +85,19 @@ def _run(job: Path) -> int:
         return _fail(str(exc), EXIT_LOCKED)
     except (StartupError, StoreError) as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except BaseExceptionGroup as group:
+        # A task group re-raises its tasks' errors as a group; an operator needs the one that matters.
+        known, other = group.split((StartupError, StoreError))
+        if known is None or other is not None:
+            raise
+        return _fail(str(_first_leaf(known)), EXIT_USAGE)
     print(f"reports: {result.reports.directory}")
     return result.exit_code
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _certs(directory: Path, force: bool) -> int:

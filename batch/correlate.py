@@ -124,6 +124,9 @@ class ReplyProcessor:
             stored = await self._store.stored_ack(header.message_id)
             return HttpAnswer(200, XML_CONTENT_TYPE, stored or ack)
         self._count(disposition)
+        if disposition in ("orphan", "quarantined", "unparseable"):
+            # Kept for diagnosis and never reported against a patient (decision h); worth an operator's look.
+            log.warning("inbound %s %s stored as %s", header.action, header.message_id, disposition)
         log.debug(
             "inbound %s %s for attempt %s: %s",
             header.action,

@@ -120,12 +120,14 @@ class QueryPipeline:
             self.progress.last_send = now
             if isinstance(result, SendRejected):
                 self.progress.rejected += 1
+                log.warning("attempt %s refused by Spine: %s", ref.message_id, result.code)
                 await self._store.mark_attempt(ref.message_id, self._run_id, "failed", result.code)
                 await self._finish(nhs, "error", result.code)
                 return
             if isinstance(result, SendUnanswered) and not result.maybe_delivered:
                 self.progress.send_failures += 1
                 last_failure = result.reason
+                log.warning("attempt %s not delivered to Spine: %s", ref.message_id, result.reason)
                 await self._store.mark_attempt(ref.message_id, self._run_id, "failed", result.reason)
                 self._note_failure()
                 continue

@@ -80,3 +80,10 @@ def test_paths_are_relative_to_the_job_file(tmp_path: Path) -> None:
     tables["tls"]["cert"] = "pki/cert.pem"
     cfg = load_job(write_job(tmp_path / "job.toml", tables))
     assert cfg.tls.cert == (tmp_path / "pki" / "cert.pem").resolve()
+
+
+def test_an_unusable_input_encoding_is_a_config_error(tmp_path: Path) -> None:
+    tables = _tables(tmp_path)
+    tables["input"]["encoding"] = "utf-16"
+    with pytest.raises(ConfigError, match=r"\[input\].*encoding"):
+        load_job(write_job(tmp_path / "job.toml", tables))
