@@ -137,7 +137,12 @@ async def run_job(
             "posts_this_process": transport.posts_made,
             "replies": {k.removeprefix("inbound_"): v for k, v in counts.items() if k.startswith("inbound_")},
             "inbound_this_process": dict(processor.counts),
-            "reply_timeouts_this_process": progress.timeouts,
+            "attempts_this_process": {
+                "accepted": progress.accepted,
+                "rejected": progress.rejected,
+                "not_delivered": progress.send_failures,
+                "reply_timeouts": progress.timeouts,
+            },
             "circuit_breaker_open": pipeline.breaker_open,
             "duration_s": round(time.monotonic() - started, 3),
             "sending_duration_s": round(sending, 3),

@@ -9,7 +9,7 @@ reply timeout, re-querying with new identifiers up to `max_attempts` (decision d
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
@@ -37,7 +37,6 @@ class Progress:
     timeouts: int = 0
     first_send: float | None = None
     last_send: float | None = None
-    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 class QueryPipeline:
@@ -162,8 +161,8 @@ class QueryPipeline:
             )
 
     async def _finish(self, nhs: str, outcome: str, reason: str | None) -> None:
-        if await self._store.finish_child(self._run_id, nhs, outcome, reason):
-            self.progress.outcomes[outcome] = self.progress.outcomes.get(outcome, 0) + 1
+        # A reply may have resolved the child meanwhile; the store keeps the first outcome.
+        await self._store.finish_child(self._run_id, nhs, outcome, reason)
 
     def _build(self, ref: AttemptRef) -> tuple[dict[str, str], bytes, bytes]:
         cfg = self._cfg
