@@ -28,7 +28,8 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _codes(issues: tuple[Issue, ...]) -> str:
-    codes = [i.code for i in issues if i.code]
+    # An MCCI may carry the same code as a detail and as an issue; say it once.
+    codes = list(dict.fromkeys(i.code for i in issues if i.code))
     return "+".join(codes) if codes else "no_code"
 
 

@@ -12,6 +12,7 @@ import codecs
 import csv
 import glob
 import io
+import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,12 +137,15 @@ def resolve_inputs(pattern: str, base_dir: Path) -> list[Path]:
     if not pattern.strip():
         raise InputError(Path(pattern), None, "no input path given")
     given = Path(pattern)
-    full = given if given.is_absolute() else Path(base_dir) / given
+    # Normalised so reports name "/data/lists/a.csv", not "/jobs/../lists/a.csv" (links are left alone).
+    full = Path(os.path.normpath(given if given.is_absolute() else Path(base_dir) / given))
     if not any(char in pattern for char in "*?["):
         _check_readable(full)
         return [full]
     anchor = "" if given.is_absolute() else glob.escape(str(base_dir))
-    found = sorted(Path(match) for match in glob.glob(str(Path(anchor) / pattern), recursive=True))
+    found = sorted(
+        Path(os.path.normpath(match)) for match in glob.glob(str(Path(anchor) / pattern), recursive=True)
+    )
     files = [path for path in found if path.is_file()]
     if not files:
         raise InputError(full, None, "no files match this pattern")
