@@ -1,21 +1,18 @@
-"""Spine ebXML messaging: MIME framing, SOAP/ebXML headers, acknowledgements and errors.
+"""Spine ebXML messaging: SOAP/ebXML headers, acknowledgements, errors and Spine's synchronous answers.
 
-Transport envelope only: no HTTP and no knowledge of the HL7 payload (spec ebxml-transport.md §2-§4).
+Transport envelope only: no HTTP and no knowledge of the HL7 payload (spec ebxml-transport.md §2-§4). The
+multipart/related framing around the envelope is batch.mime's.
 """
 
-import base64
-import binascii
-import itertools
-import quopri
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.message import Message
 from urllib.parse import unquote
 
 from lxml import etree
 
+from batch import mime
 from batch.xmlsafe import XmlError, parse_xml
 
 SERVICE = "urn:nhs:names:services:cpisquery"
@@ -45,9 +42,7 @@ _NS = {"SOAP": SOAP_NS, "eb": EB_NS, "nasp": NASP_NS, "xlink": XLINK_NS}
 _TO_PARTY_MSH = "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH"
 _NEXT_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
 _ERROR_CODE_CONTEXT = "urn:oasis:names:tc:ebxml-msg:service:errors"
-_CRLF = b"\r\n"
 _XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
-_DELIMITER = b"--" + BOUNDARY.encode("ascii")
 _XML_MEDIA_TYPES = frozenset({"text/xml", "application/xml"})
 _UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
 _MAX_DESCRIPTION = 500
@@ -213,20 +208,6 @@ def _manifest(body: etree._Element, payload_cid: str) -> None:
     _el(reference, _q(HL7EBXML_NS, "Payload"), style="HL7", encoding="XML", version="3.0")
 
 
-def _mime_part(content_id: str, content: bytes) -> bytes:
-    return b"".join(
-        [
-            _DELIMITER + _CRLF,
-            b"Content-Id: <" + content_id.encode("ascii") + b">" + _CRLF,
-            b"Content-Type: text/xml; charset=UTF-8" + _CRLF,
-            b"Content-Transfer-Encoding: 8bit" + _CRLF,
-            _CRLF,
-            content,
-            _CRLF,
-        ]
-    )
-
-
 def build_message(
     header: MessageHeader, hl7: bytes, *, sync_reply: bool = True
 ) -> tuple[dict[str, str], bytes]:
@@ -235,7 +216,7 @@ def build_message(
     if not hl7:
         raise ValueError("the HL7 payload is empty")
     # A delimiter inside the payload would split it into bogus parts on the receiving side.
-    if _DELIMITER in hl7:
+    if mime.contains_delimiter(hl7, BOUNDARY):
         raise ValueError("the HL7 payload contains the MIME boundary")
     payload_cid = f"{header.message_id}@{CONTENT_ID_DOMAIN}"
 
@@ -245,10 +226,10 @@ def build_message(
         etree.SubElement(soap_header, _q(EB_NS, "SyncReply"), _ext_attrs(_NEXT_ACTOR))
     _manifest(soap_body, payload_cid)
     soap = _serialise(envelope)
-    if _DELIMITER in soap:
+    if mime.contains_delimiter(soap, BOUNDARY):
         raise ValueError("a header value contains the MIME boundary")
 
-    body = _mime_part(EBXML_CONTENT_ID, soap) + _mime_part(payload_cid, hl7) + _DELIMITER + b"--" + _CRLF
+    body = mime.build_related([(EBXML_CONTENT_ID, soap), (payload_cid, hl7)], BOUNDARY)
     http_headers = {"Content-Type": CONTENT_TYPE, "SOAPAction": f"{header.service}/{header.action}"}
     return http_headers, body
 
@@ -396,125 +377,19 @@ def build_soap_fault(error_codes: Sequence[str], description: str) -> bytes:
     return _serialise(envelope)
 
 
-# --- MIME parsing -----------------------------------------------------------------------------------------
+# --- inbound parsing --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Part:
-    headers: dict[str, str]
-    content: bytes
-
-    @property
-    def content_id(self) -> str | None:
-        value = self.headers.get("content-id")
-        return _normalise_cid(value) if value else None
-
-
-def _normalise_cid(value: str) -> str:
-    # Content-Ids compare without angle brackets; case is ignored to tolerate senders that change it.
-    return value.strip().strip("<>").strip().lower()
-
-
-def _parse_media_type(value: str) -> tuple[str, dict[str, str]]:
-    message = Message()
-    message["Content-Type"] = value
-    # email returns text/plain for anything it cannot read; treat that as "no type" unless it was given.
-    media_type = message.get_content_type()
-    if media_type == "text/plain" and not value.strip().lower().startswith("text/plain"):
-        media_type = ""
-    params = {name.lower(): param for name, param in (message.get_params() or [])[1:]}
-    return media_type, params
-
-
-def _split_headers(raw: bytes) -> tuple[bytes, bytes]:
-    if raw.startswith(b"\r\n"):
-        return b"", raw[2:]
-    if raw.startswith(b"\n"):
-        return b"", raw[1:]
-    positions = [(raw.find(sep), sep) for sep in (b"\r\n\r\n", b"\n\n")]
-    found = [(pos, sep) for pos, sep in positions if pos >= 0]
-    if not found:
-        raise EbxmlParseError("MIME part without a blank line after its headers")
-    pos, sep = min(found)
-    return raw[:pos], raw[pos + len(sep) :]
-
-
-def _parse_part_headers(block: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    last: str | None = None
-    for line in block.decode("latin-1").splitlines():
-        if line[:1] in (" ", "\t") and last is not None:
-            headers[last] += " " + line.strip()
-            continue
-        name, colon, value = line.partition(":")
-        if not colon or not name.strip():
-            raise EbxmlParseError("malformed MIME part header line")
-        last = name.strip().lower()
-        headers[last] = value.strip()
-    return headers
-
-
-def _decode_transfer(headers: dict[str, str], content: bytes) -> bytes:
-    encoding = headers.get("content-transfer-encoding", "8bit").strip().lower()
-    if encoding in ("7bit", "8bit", "binary"):
-        return content
-    if encoding == "base64":
-        try:
-            return base64.b64decode(b"".join(content.split()), validate=True)
-        except binascii.Error:
-            raise EbxmlParseError("MIME part with invalid base64 content") from None
-    if encoding == "quoted-printable":
-        return quopri.decodestring(content)
-    raise EbxmlParseError("MIME part with an unsupported Content-Transfer-Encoding")
-
-
-def _split_multipart(body: bytes, boundary: str) -> list[_Part]:
-    try:
-        marker = boundary.encode("ascii")
-    except UnicodeEncodeError:
-        raise EbxmlParseError("MIME boundary is not ASCII") from None
-    # A delimiter starts a line (its preceding line end belongs to it) and may carry trailing blanks.
-    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(marker) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
-    matches = list(delimiter.finditer(body))
-    parts: list[_Part] = []
-    closed = False
-    for current, following in itertools.pairwise(matches):
-        if current.group(1):
-            closed = True
-            break
-        header_block, content = _split_headers(body[current.end() : following.start()])
-        headers = _parse_part_headers(header_block)
-        parts.append(_Part(headers, _decode_transfer(headers, content)))
-        if following.group(1):
-            closed = True
-            break
-    if not parts or not closed:
-        raise EbxmlParseError("multipart body without parts or without its closing delimiter")
-    return parts
-
-
-def _check_xml_part(part: _Part, what: str) -> None:
-    value = part.headers.get("content-type")
+def _check_xml_part(part: mime.MimePart, what: str) -> None:
+    value = part.content_type
     if value is None:
         return
-    media_type, params = _parse_media_type(value)
+    media_type, params = mime.parse_content_type(value)
     if media_type not in _XML_MEDIA_TYPES:
         raise EbxmlParseError(f"{what} part is not text/xml or application/xml")
     charset = params.get("charset")
     if charset is not None and charset.strip().lower() not in _UTF8_CHARSETS:
         raise EbxmlParseError(f"{what} part is not UTF-8")
-
-
-def _root_part(parts: list[_Part], start: str | None) -> _Part:
-    if start:
-        wanted = _normalise_cid(start)
-        for part in parts:
-            if part.content_id == wanted:
-                return part
-    return parts[0]
-
-
-# --- ebXML header parsing ---------------------------------------------------------------------------------
 
 
 def _parse_envelope(data: bytes) -> etree._Element:
@@ -562,11 +437,13 @@ def _manifest_cids(envelope: etree._Element) -> list[str]:
     for ref in hl7_refs or references:
         href = (ref.get(_q(XLINK_NS, "href")) or ref.get("href") or "").strip()
         if href[:4].lower() == "cid:":
-            cids.append(_normalise_cid(unquote(href[4:])))
+            cids.append(mime.normalise_content_id(unquote(href[4:])))
     return cids
 
 
-def _payload_part(envelope: etree._Element, parts: list[_Part], root: _Part) -> _Part | None:
+def _payload_part(
+    envelope: etree._Element, parts: list[mime.MimePart], root: mime.MimePart
+) -> mime.MimePart | None:
     others = [part for part in parts if part is not root]
     cids = _manifest_cids(envelope)
     if cids:
@@ -586,18 +463,16 @@ def _clean_soap_action(value: str | None) -> str | None:
 
 def parse_message(content_type: str, body: bytes, soap_action: str | None = None) -> EbxmlMessage:
     """Read an inbound ebXML message tolerantly (§4.1); header rules are check_inbound_header's job."""
-    media_type, params = _parse_media_type(content_type or "")
-    if media_type in _XML_MEDIA_TYPES:
+    parsed_type = mime.parse_content_type(content_type or "")
+    if parsed_type.media_type in _XML_MEDIA_TYPES:
         # A bare SOAP message: an ebXML signal without payload.
         envelope = _parse_envelope(body)
         return EbxmlMessage(_read_header(envelope), None, _clean_soap_action(soap_action))
-    if media_type != "multipart/related":
-        raise EbxmlParseError("Content-Type is not multipart/related")
-    boundary = params.get("boundary")
-    if not boundary:
-        raise EbxmlParseError("multipart/related without a boundary")
-    parts = _split_multipart(body, boundary)
-    root = _root_part(parts, params.get("start"))
+    try:
+        parts = mime.parse_related(parsed_type, body)
+    except mime.MimeError as exc:
+        raise EbxmlParseError(str(exc)) from exc
+    root = mime.root_part(parts, parsed_type.params.get("start"))
     _check_xml_part(root, "ebXML")
     envelope = _parse_envelope(root.content)
     header = _read_header(envelope)
@@ -624,14 +499,14 @@ def check_inbound_header(header: MessageHeader, our_party_key: str) -> HeaderPro
 def _sync_envelope(content_type: str | None, body: bytes) -> etree._Element | None:
     if not body.strip():
         return None
-    media_type, params = _parse_media_type(content_type or "")
+    media_type, params = mime.parse_content_type(content_type or "")
     data = body
     if media_type.startswith("multipart/"):
         try:
-            parts = _split_multipart(body, params.get("boundary") or "")
-        except EbxmlParseError:
+            parts = mime.split_multipart(body, params.get("boundary") or "")
+        except mime.MimeError:
             return None
-        data = _root_part(parts, params.get("start")).content
+        data = mime.root_part(parts, params.get("start")).content
     try:
         root = parse_xml(data)
     except XmlError:
@@ -673,7 +548,9 @@ def _soap_fault(envelope: etree._Element) -> Rejected | None:
     descriptions = [_text(error, "nasp:description") for error in errors]
     description = "; ".join(text for text in descriptions if text) or _text(fault, "faultstring")
     retriable = all(code in RETRIABLE_FAULT_CODES for code in codes)
-    return Rejected("SOAPFault:" + ",".join(codes), _bounded(description or "SOAP fault"), retriable=retriable)
+    return Rejected(
+        "SOAPFault:" + ",".join(codes), _bounded(description or "SOAP fault"), retriable=retriable
+    )
 
 
 def classify_sync_answer(status: int, content_type: str | None, body: bytes) -> SyncAnswer:

@@ -1,0 +1,293 @@
+"""multipart/related framing: strict building, tolerant reading, Content-Type parameters and root selection."""
+
+import base64
+
+import pytest
+
+from batch.mime import (
+    ContentType,
+    MimeError,
+    MimePart,
+    build_related,
+    contains_delimiter,
+    normalise_content_id,
+    parse_content_type,
+    parse_related,
+    root_part,
+    split_multipart,
+)
+
+BOUNDARY = "--=_MIME-Boundary"
+RELATED = ContentType("multipart/related", {"boundary": BOUNDARY})
+SOAP = b'<?xml version="1.0" encoding="UTF-8"?><soap:Envelope/>'
+HL7 = '<x xmlns="urn:hl7-org:v3"><name>Zoë</name></x>'.encode()
+
+
+def _part(content_id: str, content: bytes, *, encoding: str = "8bit", nl: bytes = b"\r\n") -> bytes:
+    return (
+        b"----=_MIME-Boundary" + nl
+        + f"Content-Id: <{content_id}>".encode() + nl
+        + b"Content-Type: text/xml; charset=UTF-8" + nl
+        + f"Content-Transfer-Encoding: {encoding}".encode() + nl + nl
+        + content + nl
+    )  # fmt: skip
+
+
+def _multipart(*parts: bytes, nl: bytes = b"\r\n") -> bytes:
+    return b"".join(parts) + b"----=_MIME-Boundary--" + nl
+
+
+# --- building ---------------------------------------------------------------------------------------------
+
+
+def test_build_related_writes_exact_crlf_framing() -> None:
+    body = build_related([("ebXMLHeader@spine.nhs.uk", SOAP), ("a@spine.nhs.uk", HL7)], BOUNDARY)
+    assert body == (
+        b"----=_MIME-Boundary\r\n"
+        b"Content-Id: <ebXMLHeader@spine.nhs.uk>\r\n"
+        b"Content-Type: text/xml; charset=UTF-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n"
+        b"\r\n" + SOAP + b"\r\n"
+        b"----=_MIME-Boundary\r\n"
+        b"Content-Id: <a@spine.nhs.uk>\r\n"
+        b"Content-Type: text/xml; charset=UTF-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n"
+        b"\r\n" + HL7 + b"\r\n"
+        b"----=_MIME-Boundary--\r\n"
+    )
+
+
+def test_build_related_part_type_can_be_chosen() -> None:
+    body = build_related([("a@x", b"<a/>")], BOUNDARY, part_type="application/xml")
+    assert b"\r\nContent-Type: application/xml\r\n" in body
+
+
+def test_built_body_splits_back_into_its_parts() -> None:
+    parts = [("ebXMLHeader@spine.nhs.uk", SOAP), ("A@Spine.nhs.uk", HL7), ("empty@x", b"")]
+    read = split_multipart(build_related(parts, BOUNDARY), BOUNDARY)
+    assert [(part.content_id, part.content) for part in read] == [
+        ("ebxmlheader@spine.nhs.uk", SOAP),
+        ("a@spine.nhs.uk", HL7),
+        ("empty@x", b""),
+    ]
+    assert all(part.content_type == "text/xml; charset=UTF-8" for part in read)
+
+
+def test_content_containing_the_delimiter_is_refused() -> None:
+    content = b"<a>\r\n----=_MIME-Boundary--\r\n</a>"
+    assert contains_delimiter(content, BOUNDARY)
+    assert not contains_delimiter(b"<a>--=_MIME-Boundar</a>", BOUNDARY)
+    with pytest.raises(ValueError, match="boundary"):
+        build_related([("a@x", content)], BOUNDARY)
+
+
+@pytest.mark.parametrize(
+    "content_id",
+    ["", "a@x>\r\nX-Injected: 1", "<a@x>", "a b@x", "zoë@x"],
+)
+def test_unsafe_content_ids_are_refused(content_id: str) -> None:
+    with pytest.raises(ValueError, match="Content-Id"):
+        build_related([(content_id, b"<a/>")], BOUNDARY)
+
+
+@pytest.mark.parametrize("boundary", ["", "x" * 71, "ends-in-space ", "line\r\nbreak", "naïve"])
+def test_invalid_boundaries_are_refused(boundary: str) -> None:
+    with pytest.raises(ValueError, match="boundary"):
+        build_related([("a@x", b"<a/>")], boundary)
+
+
+def test_a_body_needs_parts_and_a_one_line_part_type() -> None:
+    with pytest.raises(ValueError, match="at least one part"):
+        build_related([], BOUNDARY)
+    with pytest.raises(ValueError, match="Content-Type"):
+        build_related([("a@x", b"<a/>")], BOUNDARY, part_type="text/xml\r\nX-Injected: 1")
+
+
+# --- Content-Type parameters ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        'multipart/related; boundary="--=_MIME-Boundary"; type="text/xml"; start="<ebXMLHeader@spine.nhs.uk>"',
+        'multipart/related; type="text/xml"; start="<ebXMLHeader@spine.nhs.uk>"; boundary="--=_MIME-Boundary"',
+        "multipart/related; start=<ebXMLHeader@spine.nhs.uk>; type=text/xml; boundary=--=_MIME-Boundary",
+        'Multipart/Related; BOUNDARY="--=_MIME-Boundary"; Type="text/xml"; Start="<ebXMLHeader@spine.nhs.uk>"',
+    ],
+)
+def test_content_type_parameters_in_any_order_quoting_or_case(value: str) -> None:
+    parsed = parse_content_type(value)
+    assert parsed.media_type == "multipart/related"
+    assert parsed.params.keys() == {"boundary", "type", "start"}
+    assert parsed.params["boundary"] == "--=_MIME-Boundary"
+    assert parsed.params["type"] == "text/xml"
+    # email drops the angle brackets of an unquoted value; Content-Ids compare without them anyway.
+    assert normalise_content_id(parsed.params["start"]) == "ebxmlheader@spine.nhs.uk"
+
+
+def test_content_type_unpacks_and_keeps_extra_parameters() -> None:
+    media_type, params = parse_content_type("text/xml; charset=UTF-8")
+    assert (media_type, params) == ("text/xml", {"charset": "UTF-8"})
+
+
+@pytest.mark.parametrize("value", ["", "   ", "garbage", "text"])
+def test_unreadable_content_type_has_no_media_type(value: str) -> None:
+    assert parse_content_type(value).media_type == ""
+
+
+def test_an_explicit_text_plain_is_kept() -> None:
+    assert parse_content_type("text/plain; charset=us-ascii").media_type == "text/plain"
+
+
+# --- splitting parts --------------------------------------------------------------------------------------
+
+
+def test_lf_line_ends_a_preamble_and_an_epilogue_are_tolerated() -> None:
+    body = (
+        b"This is a MIME message\n"
+        + _multipart(_part("a@x", SOAP, nl=b"\n"), _part("b@x", HL7, nl=b"\n"), nl=b"\n")
+        + b"epilogue, ignored\n"
+    )
+    assert [part.content for part in split_multipart(body, BOUNDARY)] == [SOAP, HL7]
+
+
+def test_delimiters_may_carry_trailing_blanks() -> None:
+    body = _multipart(_part("a@x", SOAP)).replace(b"Boundary\r\n", b"Boundary \t\r\n")
+    assert split_multipart(body, BOUNDARY)[0].content == SOAP
+
+
+def test_a_delimiter_is_only_recognised_at_a_line_start() -> None:
+    content = b"<a>text ----=_MIME-Boundary-- more</a>"
+    assert split_multipart(_multipart(_part("a@x", content)), BOUNDARY)[0].content == content
+
+
+def test_content_keeps_its_inner_line_ends() -> None:
+    content = b"<a>\r\n<b/>\n</a>\r\n"
+    assert split_multipart(_multipart(_part("a@x", content)), BOUNDARY)[0].content == content
+
+
+def test_part_headers_are_lower_cased_and_folded_lines_joined() -> None:
+    raw = (
+        b"----=_MIME-Boundary\r\n"
+        b"CONTENT-ID: <A@x>\r\n"
+        b"Content-Type: text/xml;\r\n"
+        b'\tcharset="UTF-8"\r\n'
+        b"\r\n<a/>\r\n"
+        b"----=_MIME-Boundary--\r\n"
+    )
+    (part,) = split_multipart(raw, BOUNDARY)
+    assert part.headers == {"content-id": "<A@x>", "content-type": 'text/xml; charset="UTF-8"'}
+    assert part.content_id == "a@x"
+    assert part.content == b"<a/>"
+
+
+def test_a_part_without_headers_is_read() -> None:
+    (part,) = split_multipart(b"----=_MIME-Boundary\r\n\r\n<a/>\r\n----=_MIME-Boundary--\r\n", BOUNDARY)
+    assert part.headers == {}
+    assert part.content_id is None
+    assert part.content_type is None
+
+
+def test_base64_content_is_decoded() -> None:
+    encoded = base64.encodebytes(HL7).replace(b"\n", b"\r\n").rstrip()
+    assert split_multipart(_multipart(_part("a@x", encoded, encoding="base64")), BOUNDARY)[0].content == HL7
+
+
+def test_quoted_printable_content_is_decoded() -> None:
+    encoded = b"<name>Zo=C3=AB</name>=\r\n<x/>"
+    (part,) = split_multipart(_multipart(_part("a@x", encoded, encoding="Quoted-Printable")), BOUNDARY)
+    assert part.content == "<name>Zoë</name><x/>".encode()
+
+
+@pytest.mark.parametrize("encoding", ["7bit", "8BIT", "binary"])
+def test_identity_encodings_leave_content_alone(encoding: str) -> None:
+    body = _multipart(_part("a@x", b"<a>=C3</a>", encoding=encoding))
+    assert split_multipart(body, BOUNDARY)[0].content == b"<a>=C3</a>"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(_part("a@x", SOAP), "closing delimiter", id="no-closing-delimiter"),
+        pytest.param(b"----=_MIME-Boundary--\r\n", "without parts", id="no-parts"),
+        pytest.param(b"", "without parts", id="empty"),
+        pytest.param(b"<a/>", "without parts", id="no-delimiters"),
+        pytest.param(
+            b"----=_MIME-Boundary\r\nno header separator\r\n----=_MIME-Boundary--\r\n",
+            "blank line",
+            id="no-blank-line",
+        ),
+        pytest.param(
+            b"----=_MIME-Boundary\r\nnot a header\r\n\r\n<a/>\r\n----=_MIME-Boundary--\r\n",
+            "header line",
+            id="malformed-header-line",
+        ),
+        pytest.param(_multipart(_part("a@x", b"not base64!", encoding="base64")), "base64", id="bad-base64"),
+        pytest.param(
+            _multipart(_part("a@x", SOAP, encoding="x-uuencode")), "Transfer-Encoding", id="uuencode"
+        ),
+    ],
+)
+def test_unreadable_multipart_bodies_raise(body: bytes, reason: str) -> None:
+    with pytest.raises(MimeError, match=reason):
+        split_multipart(body, BOUNDARY)
+
+
+def test_a_non_ascii_boundary_cannot_be_read() -> None:
+    with pytest.raises(MimeError, match="ASCII"):
+        split_multipart(b"", "naïve")
+
+
+def test_mime_error_is_a_value_error() -> None:
+    assert issubclass(MimeError, ValueError)
+
+
+# --- multipart/related ------------------------------------------------------------------------------------
+
+
+def test_parse_related_returns_the_parts_in_order() -> None:
+    parts = parse_related(RELATED, _multipart(_part("a@x", SOAP), _part("b@x", HL7)))
+    assert [part.content_id for part in parts] == ["a@x", "b@x"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "reason"),
+    [
+        (ContentType("multipart/mixed", {"boundary": BOUNDARY}), "not multipart/related"),
+        (ContentType("text/xml", {}), "not multipart/related"),
+        (ContentType("", {}), "not multipart/related"),
+        (ContentType("multipart/related", {"type": "text/xml"}), "without a boundary"),
+        (ContentType("multipart/related", {"boundary": ""}), "without a boundary"),
+    ],
+)
+def test_parse_related_needs_multipart_related_with_a_boundary(
+    content_type: ContentType, reason: str
+) -> None:
+    with pytest.raises(MimeError, match=reason):
+        parse_related(content_type, _multipart(_part("a@x", SOAP)))
+
+
+PARTS = [MimePart({"content-id": "<first@x>"}, b"1"), MimePart({"content-id": "<ebXMLHeader@x>"}, b"2")]
+
+
+@pytest.mark.parametrize("start", ["<ebXMLHeader@x>", "ebXMLHeader@x", " <EBXMLHEADER@X> "])
+def test_start_names_the_root_part(start: str) -> None:
+    assert root_part(PARTS, start).content == b"2"
+
+
+@pytest.mark.parametrize("start", [None, "", "<missing@x>"])
+def test_without_a_matching_start_the_first_part_is_the_root(start: str | None) -> None:
+    assert root_part(PARTS, start).content == b"1"
+
+
+def test_root_part_of_nothing_raises() -> None:
+    with pytest.raises(MimeError):
+        root_part([], None)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("<A@Spine.NHS.uk>", "a@spine.nhs.uk"), ("  < a@x >  ", "a@x"), ("a@x", "a@x")],
+)
+def test_content_ids_compare_without_brackets_blanks_or_case(value: str, expected: str) -> None:
+    assert normalise_content_id(value) == expected
