@@ -71,100 +71,107 @@ async def run_job(
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     children = sorted(set(patients.get_column("_nhs_number").drop_nulls().to_list()))
-    async with Store.open(cfg.state) as store:
-        run = await store.begin_or_resume_run(
-            run_id=new_id(),
-            job_name=cfg.name,
-            input_fingerprint=fingerprint,
-            reference_date=datetime.now(UK).date().isoformat(),
-        )
-        run_id_var.set(run.run_id)
-        await store.add_children(run.run_id, children)
-        failpoint("run_started")
-        pending = await store.open_children(run.run_id)
-        log.info(
-            "%s run: %d input rows, %d distinct children, %d still to answer",
-            "resumed" if run.resumed else "new",
-            patients.height,
-            len(children),
-            len(pending),
-        )
-        try:
-            sock = bind_socket(cfg.inbound)
-        except OSError as exc:
-            raise StartupError(
-                f"cannot listen on {cfg.inbound.host}:{cfg.inbound.port} for replies ({exc.strerror})"
-            ) from None
-        limiter = SlidingWindowLimiter(cfg.limits.rate_per_second)
-        async with SpineTransport(
-            spine=cfg.spine,
-            http=cfg.http,
-            ssl_context=ssl_context,
-            limiter=limiter,
-            max_concurrent_posts=cfg.limits.max_concurrent_posts,
-        ) as transport:
-            pipeline = QueryPipeline(cfg, store, transport, run.run_id)
-            processor = ReplyProcessor(
-                store,
-                our_party_key=cfg.sender_party_key,
-                not_found_codes=cfg.not_found_codes,
-                on_resolved=pipeline.on_resolved,
+    # Bound before the state is touched: a taken port is a startup error that leaves nothing behind.
+    try:
+        sock = bind_socket(cfg.inbound)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {cfg.inbound.host}:{cfg.inbound.port} for replies ({exc.strerror})"
+        ) from None
+    # Closed on the way out; once the server has taken it over (detached) closing is a no-op.
+    with sock:
+        async with Store.open(cfg.state) as store:
+            run = await store.begin_or_resume_run(
+                run_id=new_id(),
+                job_name=cfg.name,
+                input_fingerprint=fingerprint,
+                reference_date=datetime.now(UK).date().isoformat(),
             )
-            stop = anyio.Event()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(serve_inbound, InboundApp(processor, cfg.inbound.path), sock, cfg.tls, stop)
-                await pipeline.run(pending)
-                stop.set()
-        outcomes = await store.outcomes(run.run_id)
-        counts = await store.run_counts(run.run_id)
-        progress = pipeline.progress
-        sending = (
-            (progress.last_send - progress.first_send) if progress.first_send and progress.last_send else 0.0
-        )
-        summary: dict[str, Any] = {
-            "run_id": run.run_id,
-            "job": cfg.name,
-            "profile": cfg.profile,
-            "resumed": run.resumed,
-            "run_started_at": run.started_at,
-            "process_started_at": started_at,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "reference_date": run.reference_date,
-            "distinct_children": len(children),
-            "queries_sent": counts.get("queries_sent", 0),
-            "attempts": counts.get("attempts", 0),
-            "send_failures": counts.get("send_failures", 0),
-            "posts_this_process": transport.posts_made,
-            "replies": {k.removeprefix("inbound_"): v for k, v in counts.items() if k.startswith("inbound_")},
-            "inbound_this_process": dict(processor.counts),
-            "attempts_this_process": {
-                "accepted": progress.accepted,
-                "rejected": progress.rejected,
-                "not_delivered": progress.send_failures,
-                "reply_timeouts": progress.timeouts,
-            },
-            "circuit_breaker_open": pipeline.breaker_open,
-            "duration_s": round(time.monotonic() - started, 3),
-            "sending_duration_s": round(sending, 3),
-            "achieved_rate_per_s": round((progress.attempts - 1) / sending, 3) if sending > 0 else None,
-            "configured_rate_per_s": cfg.limits.rate_per_second,
-        }
-        run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
-        reports, results = write_reports(
+            run_id_var.set(run.run_id)
+            await store.add_children(run.run_id, children)
+            failpoint("run_started")
+            pending = await store.open_children(run.run_id)
+            log.info(
+                "%s run: %d input rows, %d distinct children, %d still to answer",
+                "resumed" if run.resumed else "new",
+                patients.height,
+                len(children),
+                len(pending),
+            )
+            limiter = SlidingWindowLimiter(cfg.limits.rate_per_second)
+            async with SpineTransport(
+                spine=cfg.spine,
+                http=cfg.http,
+                ssl_context=ssl_context,
+                limiter=limiter,
+                max_concurrent_posts=cfg.limits.max_concurrent_posts,
+            ) as transport:
+                pipeline = QueryPipeline(cfg, store, transport, run.run_id)
+                processor = ReplyProcessor(
+                    store,
+                    our_party_key=cfg.sender_party_key,
+                    not_found_codes=cfg.not_found_codes,
+                    on_resolved=pipeline.on_resolved,
+                )
+                stop = anyio.Event()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(serve_inbound, InboundApp(processor, cfg.inbound.path), sock, cfg.tls, stop)
+                    await pipeline.run(pending)
+                    stop.set()
+            outcomes = await store.outcomes(run.run_id)
+            counts = await store.run_counts(run.run_id)
+            progress = pipeline.progress
+            sending = (
+                (progress.last_send - progress.first_send)
+                if progress.first_send and progress.last_send
+                else 0.0
+            )
+            summary: dict[str, Any] = {
+                "run_id": run.run_id,
+                "job": cfg.name,
+                "profile": cfg.profile,
+                "resumed": run.resumed,
+                "run_started_at": run.started_at,
+                "process_started_at": started_at,
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "reference_date": run.reference_date,
+                "distinct_children": len(children),
+                "queries_sent": counts.get("queries_sent", 0),
+                "attempts": counts.get("attempts", 0),
+                "send_failures": counts.get("send_failures", 0),
+                "posts_this_process": transport.posts_made,
+                "replies": {
+                    k.removeprefix("inbound_"): v for k, v in counts.items() if k.startswith("inbound_")
+                },
+                "inbound_this_process": dict(processor.counts),
+                "attempts_this_process": {
+                    "accepted": progress.accepted,
+                    "rejected": progress.rejected,
+                    "not_delivered": progress.send_failures,
+                    "reply_timeouts": progress.timeouts,
+                },
+                "circuit_breaker_open": pipeline.breaker_open,
+                "duration_s": round(time.monotonic() - started, 3),
+                "sending_duration_s": round(sending, 3),
+                "achieved_rate_per_s": round((progress.attempts - 1) / sending, 3) if sending > 0 else None,
+                "configured_rate_per_s": cfg.limits.rate_per_second,
+            }
+            run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
+            reports, results = write_reports(
+                run_dir,
+                patients,
+                outcomes,
+                reference_date=date.fromisoformat(run.reference_date),
+                summary=summary,
+            )
+            _update_latest(cfg.output_dir, run_dir)
+            await store.complete_run(run.run_id)
+        counts_by_outcome = dict(results.group_by("outcome").len().iter_rows())
+        summary = {**summary, "outcomes": counts_by_outcome}
+        log.info(
+            "run complete: %s; reports in %s",
+            ", ".join(f"{k}={v}" for k, v in sorted(counts_by_outcome.items())),
             run_dir,
-            patients,
-            outcomes,
-            reference_date=date.fromisoformat(run.reference_date),
-            summary=summary,
         )
-        _update_latest(cfg.output_dir, run_dir)
-        await store.complete_run(run.run_id)
-    counts_by_outcome = dict(results.group_by("outcome").len().iter_rows())
-    summary = {**summary, "outcomes": counts_by_outcome}
-    log.info(
-        "run complete: %s; reports in %s",
-        ", ".join(f"{k}={v}" for k, v in sorted(counts_by_outcome.items())),
-        run_dir,
-    )
-    incomplete = counts_by_outcome.get("error", 0) + counts_by_outcome.get("no_reply", 0)
-    return JobResult(EXIT_INCOMPLETE if incomplete else EXIT_OK, run.run_id, reports, summary)
+        incomplete = counts_by_outcome.get("error", 0) + counts_by_outcome.get("no_reply", 0)
+        return JobResult(EXIT_INCOMPLETE if incomplete else EXIT_OK, run.run_id, reports, summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -157,3 +158,23 @@ def test_unreadable_file(tmp_path: Path, pki: Path) -> None:
         command = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", "--", *command]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False, timeout=120)
     _assert_refused(completed, tmp_path, "secret.csv", "permission denied")
+
+
+def test_a_taken_inbound_port_is_refused_before_any_state(tmp_path: Path, pki: Path) -> None:
+    (tmp_path / "list.csv").write_text(HEADER + ROW)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        tables = job_tables(
+            tmp=tmp_path,
+            pki=pki,
+            inputs="list.csv",
+            spine_url="https://127.0.0.1:9/reliablemessaging/reliablerequest",
+            inbound_port=holder.getsockname()[1],
+        )
+        completed = run_cli("run", str(write_job(tmp_path / "job.toml", tables)))
+    assert completed.returncode == 2, completed.stderr
+    assert "cannot listen on 127.0.0.1:" in completed.stderr and "Traceback" not in completed.stderr
+    # Only the job's lock file (taken first, so a concurrent run meets the lock, not the port) is there.
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["state.sqlite.lock"]
+    assert not (tmp_path / "out").exists()
