@@ -49,9 +49,11 @@ class ReplyProcessor:
         our_party_key: str,
         not_found_codes: frozenset[str],
         on_resolved: Resolved,
+        spine_party_key: str | None = None,
     ) -> None:
         self._store = store
         self._party_key = our_party_key
+        self._spine_party_key = spine_party_key
         self._not_found = not_found_codes
         self._on_resolved = on_resolved
         self.counts: dict[str, int] = {}
@@ -82,6 +84,9 @@ class ReplyProcessor:
             )
             return HttpAnswer(200, XML_CONTENT_TYPE, error)
 
+        if self._spine_party_key and header.from_party != self._spine_party_key:
+            # Stored and correlated all the same (ebxml-transport §4.2); worth knowing about.
+            log.warning("inbound message %s from an unexpected party", header.message_id)
         stored = await self._store.stored_ack(header.message_id)
         if stored is not None:
             self._count("duplicate")

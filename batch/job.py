@@ -112,6 +112,7 @@ async def run_job(
                     our_party_key=cfg.sender_party_key,
                     not_found_codes=cfg.not_found_codes,
                     on_resolved=pipeline.on_resolved,
+                    spine_party_key=cfg.spine.party_key,
                 )
                 stop = anyio.Event()
                 async with anyio.create_task_group() as tg:
