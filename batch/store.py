@@ -497,14 +497,6 @@ class Store:
         )
         return {r[0]: r[1] for r in rows}
 
-    async def unmatched_inbound_since(self, since: str) -> dict[str, int]:
-        rows = await self._read(
-            "SELECT disposition, COUNT(*) FROM inbound WHERE run_id IS NULL AND received_at >= ?"
-            " GROUP BY disposition",
-            (since,),
-        )
-        return {r[0]: r[1] for r in rows}
-
 
 class _Duplicate(sqlite3.Error):
     pass

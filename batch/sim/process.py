@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -36,11 +35,6 @@ class SimProcess:
             response = client.get(f"{self.url}/_sim/stats")
             response.raise_for_status()
             return dict(response.json())
-
-    def reset(self) -> None:
-        ctx = client_context(self.client_cert, self.client_key, self.ca)
-        with httpx.Client(verify=ctx, timeout=10) as client:
-            client.post(f"{self.url}/_sim/reset").raise_for_status()
 
 
 @contextmanager
@@ -103,7 +97,3 @@ def running_sim(
                 proc.kill()
                 proc.wait()
         reader.join(timeout=5)
-
-
-def read_stats_file(path: Path) -> dict[str, Any]:
-    return dict(json.loads(path.read_text()))
