@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the simulated Spine",
         description="A simulated NHS Spine for CP-IS: mutual TLS, ebXML, HL7 V3, asynchronous replies, faults.",
     )
-    from batch.sim.cli import add_sim_arguments
+    from spine_sim.cli import add_sim_arguments
 
     add_sim_arguments(sim)
     return parser
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.job)
     if args.command == "certs":
         return _certs(args.directory, args.force)
-    from batch.sim.cli import run_sim
+    from spine_sim.cli import run_sim
 
     return run_sim(args)
 

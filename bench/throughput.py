@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO))
 from batch.nhs_number import nhs_number_expr  # noqa: E402
 from batch.patients import InputSpec, read_patient_lists  # noqa: E402
 from batch.pki import make_dev_pki  # noqa: E402
-from batch.sim.dataset import generate_dataset  # noqa: E402
-from batch.sim.process import running_sim  # noqa: E402
+from spine_sim.dataset import generate_dataset  # noqa: E402
+from spine_sim.process import running_sim  # noqa: E402
 from tests.support import free_port, job_tables, write_job  # noqa: E402
 
 

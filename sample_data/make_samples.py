@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from batch.sim.dataset import (
+from spine_sim.dataset import (
     FAMILY_NAMES,
     GIVEN_NAMES,
     LOCAL_AUTHORITIES,

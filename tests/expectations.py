@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from batch.nhs_number import validate
-from batch.sim.dataset import Dataset
+from spine_sim.dataset import Dataset
 
 FLAG_KEY = (
     "source_file",

@@ -13,8 +13,8 @@ import pytest
 
 from batch.nhs_number import validate
 from batch.pki import make_dev_pki
-from batch.sim.dataset import generate_dataset
-from batch.sim.process import running_sim
+from spine_sim.dataset import generate_dataset
+from spine_sim.process import running_sim
 from tests.support import free_port, job_tables, run_cli, write_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

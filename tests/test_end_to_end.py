@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 
 from batch.pki import make_dev_pki
-from batch.sim.dataset import load_dataset
-from batch.sim.process import running_sim
+from spine_sim.dataset import load_dataset
+from spine_sim.process import running_sim
 from tests.expectations import (
     expected_flagged,
     expected_outcomes,

@@ -27,7 +27,8 @@ from batch.hl7 import (
     parse_reply,
 )
 from batch.ids import new_id
-from batch.sim.replies import (
+from batch.xmlsafe import parse_xml
+from spine_sim.replies import (
     SimAccess,
     SimLocalAuthority,
     SimPlan,
@@ -36,7 +37,6 @@ from batch.sim.replies import (
     build_query_failed,
     build_query_response,
 )
-from batch.xmlsafe import parse_xml
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SCHEMAS = SHARED / "cpis-schemas" / "Schemas"

@@ -10,9 +10,9 @@ from typing import Any
 from batch.ebxml import SERVICE, MessageHeader, build_message, utc_timestamp
 from batch.hl7 import APP_ACK_INTERACTION, QUERY_FAILED_INTERACTION, RESPONSE_INTERACTION
 from batch.ids import new_id
-from batch.sim.dataset import Answer, AppAckError, Dataset, QueryFailed, RecordsFound
-from batch.sim.faults import FaultDecision
-from batch.sim.replies import (
+from spine_sim.dataset import Answer, AppAckError, Dataset, QueryFailed, RecordsFound
+from spine_sim.faults import FaultDecision
+from spine_sim.replies import (
     SimAccess,
     SimLocalAuthority,
     SimPlan,

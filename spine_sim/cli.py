@@ -13,12 +13,12 @@ from pathlib import Path
 import anyio
 
 from batch.pki import load_dev_pki
-from batch.sim.answers import SimIdentity
-from batch.sim.dataset import DatasetError, load_dataset
-from batch.sim.faults import FAULT_NAMES, FaultConfig, FaultConfigError, parse_fault_option
-from batch.sim.server import SimServer, SimSettings
-from batch.sim.stats import SimStats
 from batch.tls import TlsConfigError, client_context, server_context
+from spine_sim.answers import SimIdentity
+from spine_sim.dataset import DatasetError, load_dataset
+from spine_sim.faults import FAULT_NAMES, FaultConfig, FaultConfigError, parse_fault_option
+from spine_sim.server import SimServer, SimSettings
+from spine_sim.stats import SimStats
 
 log = logging.getLogger(__name__)
 

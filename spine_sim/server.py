@@ -34,12 +34,12 @@ from batch.ebxml import (
 )
 from batch.hl7 import ReplyParseError, parse_query
 from batch.ids import new_id
-from batch.sim.answers import QueryContext, ReplyFactory, SimIdentity
-from batch.sim.dataset import Dataset
-from batch.sim.delivery import Delivery, Dispatcher, ReplyPoster
-from batch.sim.faults import FaultConfig, FaultDecider, FaultDecision
-from batch.sim.http11 import Exchange, Request, Response, listen_tcp, serve_tls
-from batch.sim.stats import SimStats
+from spine_sim.answers import QueryContext, ReplyFactory, SimIdentity
+from spine_sim.dataset import Dataset
+from spine_sim.delivery import Delivery, Dispatcher, ReplyPoster
+from spine_sim.faults import FaultConfig, FaultDecider, FaultDecision
+from spine_sim.http11 import Exchange, Request, Response, listen_tcp, serve_tls
+from spine_sim.stats import SimStats
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from batch.config import ConfigError, load_job
 from batch.pki import make_dev_pki
-from batch.sim.process import running_sim
+from spine_sim.process import running_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 

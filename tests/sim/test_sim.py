@@ -37,8 +37,10 @@ from batch.ebxml import (
 from batch.hl7 import AppAcknowledgement, QueryFailed, QueryResponse, Sender, build_query, parse_reply
 from batch.ids import new_id
 from batch.pki import DevPki, make_dev_pki, make_untrusted_client
-from batch.sim.answers import SimIdentity
-from batch.sim.dataset import (
+from batch.tls import client_context, server_context
+from batch.xmlsafe import XmlError, parse_xml
+from spine_sim.answers import SimIdentity
+from spine_sim.dataset import (
     LOCAL_AUTHORITIES,
     Access,
     AppAckError,
@@ -53,24 +55,22 @@ from batch.sim.dataset import (
     load_dataset,
     numbers_with,
 )
-from batch.sim.dataset import (
+from spine_sim.dataset import (
     QueryFailed as SimQueryFailed,
 )
-from batch.sim.delivery import acknowledges
-from batch.sim.faults import (
+from spine_sim.delivery import acknowledges
+from spine_sim.faults import (
     FAULT_NAMES,
     FaultConfig,
     FaultConfigError,
     FaultDecider,
     parse_fault_option,
 )
-from batch.sim.http11 import Exchange, Request, Response, listen_tcp, serve_tls
-from batch.sim.server import QUERY_PATH, RESET_PATH, STATS_PATH, SimServer, SimSettings
-from batch.sim.stats import SimStats
-from batch.tls import client_context, server_context
-from batch.xmlsafe import XmlError, parse_xml
+from spine_sim.http11 import Exchange, Request, Response, listen_tcp, serve_tls
+from spine_sim.server import QUERY_PATH, RESET_PATH, STATS_PATH, SimServer, SimSettings
+from spine_sim.stats import SimStats
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE_DATA = REPO / "sample_data"
 CLIENT_PARTY = "TESTCLIENT-0000001"
 SIM = SimIdentity()
@@ -945,7 +945,7 @@ async def test_command_line_runs_until_sigterm_and_writes_stats(pki: DevPki, tmp
     _dataset().dump(dataset_path)
     stats_path = tmp_path / "stats.json"
     command = [
-        sys.executable, "-m", "batch.sim", "--pki", str(pki.directory), "--dataset", str(dataset_path),
+        sys.executable, "-m", "spine_sim", "--pki", str(pki.directory), "--dataset", str(dataset_path),
         "--reply-url", "https://127.0.0.1:9/unused", "--fault", "drop_reply=1", "--stats-file", str(stats_path),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -973,7 +973,7 @@ async def test_command_line_rejects_bad_options(pki: DevPki, tmp_path: Path) -> 
     dataset_path = tmp_path / "dataset.json"
     _dataset().dump(dataset_path)
     command = [
-        sys.executable, "-m", "batch.sim", "--pki", str(pki.directory), "--dataset", str(dataset_path),
+        sys.executable, "-m", "spine_sim", "--pki", str(pki.directory), "--dataset", str(dataset_path),
         "--reply-url", "https://127.0.0.1:9/unused", "--fault", "no_such_fault=1",
     ]  # fmt: skip
     result = await anyio.run_process(command, cwd=REPO, check=False)

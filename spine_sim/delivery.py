@@ -13,10 +13,10 @@ import anyio.abc
 import httpx
 
 from batch.ebxml import EB_NS
-from batch.sim.answers import OutboundReply
-from batch.sim.faults import FaultConfig
-from batch.sim.stats import SimStats
 from batch.xmlsafe import XmlError, parse_xml
+from spine_sim.answers import OutboundReply
+from spine_sim.faults import FaultConfig
+from spine_sim.stats import SimStats
 
 log = logging.getLogger(__name__)
 
