@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m batch.demo $(JOB)
+	$(BIN)/python -m spine_sim.demo $(JOB)
 
 test: $(STAMP)
 	$(BIN)/ruff check batch tests bench
