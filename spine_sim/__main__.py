@@ -1,9 +1,9 @@
-"""`python -m spine_sim`: the simulated Spine without the rest of the command line."""
+"""`python -m spine_sim`: the simulated Spine on its own."""
 
 import argparse
+import logging
 import sys
 
-from batch import logs
 from spine_sim.cli import add_sim_arguments, run_sim
 
 
@@ -12,7 +12,13 @@ def main() -> int:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_sim_arguments(parser)
     args = parser.parse_args()
-    logs.configure(args.log_level)
+    # Logs go to stderr: stdout carries the ready line and the arrival log, which tools read.
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+    )
     return run_sim(args)
 
 

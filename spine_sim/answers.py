@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from batch.ebxml import SERVICE, MessageHeader, build_message, utc_timestamp
-from batch.hl7 import APP_ACK_INTERACTION, QUERY_FAILED_INTERACTION, RESPONSE_INTERACTION
-from batch.ids import new_id
 from spine_sim.dataset import Answer, AppAckError, Dataset, QueryFailed, RecordsFound
+from spine_sim.ebxml import SERVICE, MessageHeader, build_message, utc_timestamp
 from spine_sim.faults import FaultDecision
+from spine_sim.hl7 import APP_ACK_INTERACTION, QUERY_FAILED_INTERACTION, RESPONSE_INTERACTION
+from spine_sim.ids import new_id
 from spine_sim.replies import (
     SimAccess,
     SimLocalAuthority,
@@ -112,8 +112,7 @@ class ReplyFactory:
             timestamp=utc_timestamp(now),
             ref_to_message_id=refs.ref_to_message_id,
         )
-        # Express route: no SyncReply, no AckRequested on the reply leg (ebxml-transport §4.1).
-        headers, body = build_message(header, hl7, sync_reply=False)
+        headers, body = build_message(header, hl7)
         return OutboundReply(reply_id, refs.ref_to_message_id, action, headers, body)
 
     def _hl7(

@@ -1,4 +1,4 @@
-"""`cpis-batch sim`: run the simulated Spine until SIGTERM/SIGINT, then write the stats file."""
+"""The simulated Spine's command line (`python -m spine_sim`, `cpis-batch sim`): serve until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from pathlib import Path
 
 import anyio
 
-from batch.pki import load_dev_pki
-from batch.tls import TlsConfigError, client_context, server_context
 from spine_sim.answers import SimIdentity
+from spine_sim.arrivals import ArrivalPrinter
 from spine_sim.dataset import DatasetError, load_dataset
 from spine_sim.faults import FAULT_NAMES, FaultConfig, FaultConfigError, parse_fault_option
+from spine_sim.reply_client import REPLY_CONNECTIONS
 from spine_sim.server import SimServer, SimSettings
 from spine_sim.stats import SimStats
+from spine_sim.tls import TlsError, TlsFiles, client_context, pki_files, server_context
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,23 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
         "--reply-url", required=True, metavar="URL", help="the client's inbound HTTPS endpoint"
     )
     parser.add_argument("--latency-ms", type=float, default=50.0, help="delay before a reply (default 50)")
+    parser.add_argument(
+        "--ack-delay-ms",
+        type=float,
+        default=0.0,
+        help="hold each accepted query's HTTP 202 this long, as a network round trip would (default 0)",
+    )
+    parser.add_argument(
+        "--reply-connections",
+        choices=REPLY_CONNECTIONS,
+        default="new",
+        help="a new mutual-TLS connection per reply, as Spine does (default), or reuse kept-alive ones",
+    )
+    parser.add_argument(
+        "--log-arrivals",
+        action="store_true",
+        help="print 'arrival {json}' on stdout for every query POST, after the ready line",
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="fault seed: the same seed injects the same faults"
     )
@@ -75,13 +93,12 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _tls_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+def _tls_files(args: argparse.Namespace) -> TlsFiles:
     if args.pki is not None:
-        pki = load_dev_pki(args.pki)
-        return pki.spine_cert, pki.spine_key, pki.ca_cert
+        return pki_files(args.pki)
     if args.cert is None or args.key is None or args.ca is None:
-        raise TlsConfigError("give --pki DIR, or all of --cert, --key and --ca")
-    return args.cert, args.key, args.ca
+        raise TlsError("give --pki DIR, or all of --cert, --key and --ca")
+    return TlsFiles(args.cert, args.key, args.ca)
 
 
 def _settings(args: argparse.Namespace) -> SimSettings:
@@ -102,6 +119,8 @@ def _settings(args: argparse.Namespace) -> SimSettings:
         faults=faults,
         host=args.host,
         port=args.port,
+        ack_delay_s=args.ack_delay_ms / 1000.0,
+        reply_connections=args.reply_connections,
     )
 
 
@@ -112,12 +131,14 @@ def write_stats_file(path: Path, stats: SimStats) -> None:
     os.replace(temporary, path)
 
 
-async def _serve(server: SimServer) -> None:
+async def _serve(server: SimServer, arrivals: ArrivalPrinter | None) -> None:
     await server.listen()
     async with anyio.create_task_group() as task_group:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             await task_group.start(server.serve)
             print(READY_LINE.format(url=server.url), flush=True)
+            if arrivals is not None:
+                arrivals.ready()
             async for signum in signals:
                 log.info("stopping on %s", signal.Signals(signum).name)
                 break
@@ -125,20 +146,22 @@ async def _serve(server: SimServer) -> None:
 
 
 def run_sim(args: argparse.Namespace) -> int:
+    arrivals = ArrivalPrinter(sys.stdout) if args.log_arrivals else None
     try:
         settings = _settings(args)
-        cert, key, ca = _tls_files(args)
+        files = _tls_files(args)
         server = SimServer(
             settings,
-            server_ssl=server_context(cert, key, ca),
-            client_ssl=client_context(cert, key, ca),
+            server_ssl=server_context(files),
+            client_ssl=client_context(files),
+            on_arrival=arrivals,
         )
-    except (DatasetError, FaultConfigError, TlsConfigError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, FaultConfigError, TlsError, ValueError) as exc:
         print(f"cpis-batch sim: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     status = EXIT_OK
     try:
-        anyio.run(_serve, server)
+        anyio.run(_serve, server, arrivals)
     except OSError as exc:
         print(
             f"cpis-batch sim: error: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr

@@ -203,8 +203,8 @@ class Dataset:
                 where = f"{section} entry {index}"
                 if not is_valid_test_number(number):
                     raise DatasetError(f"{where}: key is not a valid 999-range test number")
-                child = self.children.get(number)
-                if child is not None and child.records:
+                listed = self.children.get(number)
+                if listed is not None and listed.records:
                     raise DatasetError(f"{where}: the number also has CP-IS records")
                 if isinstance(answer, QueryFailed) and answer.is_not_found != (section == "not_found"):
                     raise DatasetError(f"{where}: its QUQI reads as the other outcome (not-found vs error)")

@@ -10,53 +10,34 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.abc
-import httpx
 
-from batch.ebxml import EB_NS
-from batch.xmlsafe import XmlError, parse_xml
 from spine_sim.answers import OutboundReply
+from spine_sim.ebxml import acknowledges
 from spine_sim.faults import FaultConfig
+from spine_sim.reply_client import ReplyClient, ReplyPostError
 from spine_sim.stats import SimStats
 
 log = logging.getLogger(__name__)
 
-_NS = {"eb": EB_NS}
-
-
-def acknowledges(body: bytes, message_id: str) -> bool:
-    """True when the body is an eb:Acknowledgment of ``message_id`` and carries no error."""
-    try:
-        root = parse_xml(body)
-    except XmlError:
-        return False
-    if root.find(".//eb:ErrorList", _NS) is not None:
-        return False
-    refs = root.findall(".//eb:Acknowledgment/eb:RefToMessageId", _NS)
-    return any((ref.text or "").strip().upper() == message_id.upper() for ref in refs)
-
 
 class ReplyPoster:
-    """One HTTPS client (Spine's certificate, trusting the CA) for every reply POST."""
+    """Posts each reply once and counts it as sent (acknowledged) or failed."""
 
-    def __init__(self, client: httpx.AsyncClient, url: str, stats: SimStats) -> None:
+    def __init__(self, client: ReplyClient, stats: SimStats) -> None:
         self._client = client
-        self._url = url
         self._stats = stats
 
     async def post(self, reply: OutboundReply) -> bool:
         try:
-            response = await self._client.post(self._url, content=reply.body, headers=dict(reply.headers))
-        except httpx.HTTPError as exc:
-            log.info("reply %s (%s) not delivered: %s", reply.message_id, reply.action, type(exc).__name__)
+            response = await self._client.post(reply.body, reply.headers)
+        except ReplyPostError as exc:
+            log.info("reply %s (%s) not delivered: %s", reply.message_id, reply.action, exc)
             delivered = False
         else:
-            delivered = response.status_code == 200 and acknowledges(response.content, reply.message_id)
+            delivered = response.status == 200 and acknowledges(response.body, reply.message_id)
             if not delivered:
                 log.info(
-                    "reply %s (%s) not acknowledged: HTTP %d",
-                    reply.message_id,
-                    reply.action,
-                    response.status_code,
+                    "reply %s (%s) not acknowledged: HTTP %d", reply.message_id, reply.action, response.status
                 )
         self._stats.reply_finished(delivered=delivered)
         return delivered

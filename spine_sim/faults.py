@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 # Faults that stop the query being processed; at most one applies, the first in this order.
 REJECTING_FAULTS = ("connection_reset", "soap_fault_permanent", "soap_fault_retriable", "message_error")
@@ -128,7 +129,8 @@ class FaultDecider:
         for name in REJECTING_FAULTS:
             if self._hits(nhs_number, occurrence, name):
                 return self._rejection(name, nhs_number, occurrence)
-        flags = {name: self._hits(nhs_number, occurrence, name) for name in REPLY_FAULTS}
+        # Keyed by REPLY_FAULTS, which name FaultDecision's boolean fields.
+        flags: dict[str, Any] = {name: self._hits(nhs_number, occurrence, name) for name in REPLY_FAULTS}
         if flags["reply_before_accept"]:
             # Delivered inline before the 202, so there is nothing to delay or hold back.
             flags["late_reply"] = flags["reorder_replies"] = False

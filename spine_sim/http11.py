@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,8 @@ class Request:
     # Lower-case names; repeated headers joined with ", ".
     headers: Mapping[str, str]
     body: bytes
+    # Wall-clock time at which the request head had been read, before the body (for the arrival log).
+    received_at: float
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Response:
     status: int
     body: bytes = b""
     content_type: str | None = None
+    # Send "Connection: close" and close the connection after this response.
+    close: bool = False
 
 
 class Exchange:
@@ -68,6 +73,8 @@ class Exchange:
         headers = [("content-length", str(len(response.body)))]
         if response.content_type:
             headers.append(("content-type", response.content_type))
+        if response.close:
+            headers.append(("connection", "close"))
         try:
             data = self._connection.send(h11.Response(status_code=response.status, headers=headers))
             if response.body:
@@ -97,6 +104,7 @@ async def _next_request(
 ) -> Request | Response | None:
     """The next complete request; a Response to send before closing when it is unacceptable; None at EOF."""
     head: h11.Request | None = None
+    received_at = 0.0
     body = bytearray()
     while True:
         try:
@@ -113,7 +121,7 @@ async def _next_request(
                 continue
             return None
         if isinstance(event, h11.Request):
-            head = event
+            head, received_at = event, time.time()
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_body:
@@ -125,7 +133,7 @@ async def _next_request(
                 text = value.decode("latin-1")
                 headers[key] = f"{headers[key]}, {text}" if key in headers else text
             path = head.target.decode("latin-1").split("?", 1)[0]
-            return Request(head.method.decode("ascii", "replace"), path, headers, bytes(body))
+            return Request(head.method.decode("ascii", "replace"), path, headers, bytes(body), received_at)
         elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
             return None
 

@@ -11,7 +11,8 @@ from datetime import date, datetime
 
 from lxml import etree
 
-from batch.hl7.namespaces import (
+from spine_sim.hl7 import (
+    ACK_VERSION_CODE,
     APP_ACK_INTERACTION,
     OID_ASID,
     OID_INTERACTION_ID,
@@ -22,14 +23,15 @@ from batch.hl7.namespaces import (
     OID_SPINE_ISSUE_CODES,
     QUERY_FAILED_INTERACTION,
     RESPONSE_INTERACTION,
+    RESPONSE_VERSION_CODE,
+    hl7_root,
+    hl7_timestamp,
+    serialise,
+    sub,
+    template_slot,
 )
-from batch.hl7.query import DEFAULT_VERSION_CODE
-from batch.hl7.timestamps import format_hl7_ts
-from batch.hl7.xmlbuild import hl7_root, serialise, sub, template_slot
-from batch.ids import new_id
+from spine_sim.ids import new_id
 
-# Infrastructure acknowledgements carry the generic MIM label, as in the NHS test kit (decision b).
-ACK_VERSION_CODE = "V3NPfIT3.0"
 # nullFlavor for an open UCP end date: "not applicable", the plan has not ended.
 OPEN_END_NULL_FLAVOR = "NA"
 # Access entries use the smartcard template (CP-IS lists unscheduled, i.e. person-made, accesses),
@@ -105,11 +107,11 @@ def build_query_response(
     if not records:
         # pertinentInformation14 is 1..*: "no record" is a QUQI, never an empty REPC.
         raise ValueError("a query response needs at least one record")
-    root = _wrapper(RESPONSE_INTERACTION, reply_id, DEFAULT_VERSION_CODE, now)
+    root = _wrapper(RESPONSE_INTERACTION, reply_id, RESPONSE_VERSION_CODE, now)
     _communication_functions(root, client_asid, spine_asid)
     control_act = _control_act(root, spine_asid)
     payload = sub(sub(control_act, "subject", typeCode="SUBJ"), "CP-ISNHSQueryResponse")
-    sub(payload, "effectiveTime", value=_timestamp(now))
+    sub(payload, "effectiveTime", value=hl7_timestamp(now))
     sub(payload, "id", root=new_id())
     _total(sub(payload, "pertinentInformation11"), "pertinentTotalReturnedAccessRecords", len(access))
     _total(sub(payload, "pertinentInformation12"), "pertinentTotalReturnedChildRecords", len(records))
@@ -171,7 +173,7 @@ def _wrapper(interaction: str, reply_id: str, version_code: str, now: datetime) 
     """Transmission wrapper up to acceptAckCode (an acknowledgement, if any, goes next)."""
     root = hl7_root(interaction)
     sub(root, "id", root=reply_id)
-    sub(root, "creationTime", value=_timestamp(now))
+    sub(root, "creationTime", value=hl7_timestamp(now))
     sub(root, "versionCode", code=version_code)
     sub(root, "interactionId", root=OID_INTERACTION_ID, extension=interaction)
     sub(root, "processingCode", code="P")
@@ -221,7 +223,7 @@ def _total(container: etree._Element, observation: str, count: int) -> None:
 
 def _access_entry(container: etree._Element, entry: SimAccess, nhs_number: str) -> None:
     query = sub(container, "pertinentCP-ISNHSQuery")
-    sub(query, "effectiveTime", value=_timestamp(entry.time))
+    sub(query, "effectiveTime", value=hl7_timestamp(entry.time))
     sub(query, "id", root=entry.query_id)
     author = template_slot(sub(query, "author"), "COCT_TP145102GB01.AssignedAuthor")
     sub(author, "code", code=UNKNOWN_CODE, codeSystem=OID_JOB_ROLE_NHS_DATA, displayName=entry.role)
@@ -279,13 +281,6 @@ def _plan(slot: etree._Element, plan: SimPlan) -> None:
     elif plan.plan_type == "UCP":
         sub(sub(sub(information, "component1"), f"{prefix}EndDate"), "value", nullFlavor=OPEN_END_NULL_FLAVOR)
     # An open CPP or LAC simply has no component1 (0..1 in the schema).
-
-
-def _timestamp(moment: datetime) -> str:
-    """14 digits of UK local time; a naive datetime is taken to be UK local time already."""
-    if moment.tzinfo is None:
-        return moment.strftime("%Y%m%d%H%M%S")
-    return format_hl7_ts(moment)
 
 
 def _plan_date(day: date) -> str:

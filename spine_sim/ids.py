@@ -1,0 +1,8 @@
+"""Identifiers for the messages the simulator sends."""
+
+import uuid
+
+
+def new_id() -> str:
+    """A random UUID in the uppercase form the CP-IS datatypes require."""
+    return str(uuid.uuid4()).upper()
