@@ -20,7 +20,7 @@ Profile = Literal["simulated", "test", "live"]
 PROFILES: tuple[Profile, ...] = ("simulated", "test", "live")
 
 # Spine publishes no throughput figure; above these the operator should know what they are doing (decision e).
-RECOMMENDED_LIMITS = {"rate_per_second": 5.0, "max_in_flight": 100, "max_concurrent_posts": 5}
+RECOMMENDED_LIMITS = {"rate_per_second": 5.0, "max_in_flight": 100, "max_concurrent_posts": 20}
 
 _ASID = re.compile(r"[0-9]{12}", re.ASCII)
 # HL7StandardVersionCode values the CP-IS InfVocab schema lists for requests.
@@ -67,7 +67,8 @@ class Limits:
     max_in_flight: int = 100
     reply_timeout_s: float = 60.0
     max_attempts: int = 3
-    max_concurrent_posts: int = 5
+    # A hard cap; the POSTs actually open at once follow the rate and Spine's measured acknowledgement time.
+    max_concurrent_posts: int = 20
     circuit_breaker_failures: int = 5
 
 

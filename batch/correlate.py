@@ -23,6 +23,7 @@ from batch.ebxml import (
 from batch.hl7 import ParsedReply, QueryResponse, ReplyParseError, parse_reply
 from batch.ids import new_id
 from batch.outcomes import Verdict, judge
+from batch.states import Disposition
 from batch.store import InboundRecord, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -87,16 +88,10 @@ class ReplyProcessor:
         if self._spine_party_key and header.from_party != self._spine_party_key:
             # Stored and correlated all the same (ebxml-transport §4.2); worth knowing about.
             log.warning("inbound message %s from an unexpected party", header.message_id)
-        stored = await self._store.stored_ack(header.message_id)
-        if stored is not None:
-            self._count("duplicate")
-            log.info("duplicate inbound message %s acknowledged again", header.message_id)
-            return HttpAnswer(200, XML_CONTENT_TYPE, stored)
-
         ack = build_acknowledgement(header, our_party_key=self._party_key, ack_message_id=new_id(), now=now)
         reply, parse_problem = self._parse(message)
         attempt = await self._store.find_attempt(
-            message_ids=[m for m in (header.ref_to_message_id, getattr(reply, "message_ref", None)) if m],
+            message_ids=[m for m in (header.ref_to_message_id, reply.message_ref if reply else None) if m],
             conversation_id=header.conversation_id,
             query_event_ids=[a.query_id for a in reply.access if a.query_id]
             if isinstance(reply, QueryResponse)
@@ -113,7 +108,7 @@ class ReplyProcessor:
             ack=ack,
         )
         try:
-            fresh, disposition = await self._store.store_inbound(
+            stored = await self._store.store_inbound(
                 record,
                 attempt=attempt,
                 disposition=verdict.disposition,
@@ -124,12 +119,11 @@ class ReplyProcessor:
             self._count("store_failed")
             log.exception("inbound message %s not stored; no acknowledgement sent", header.message_id)
             return HttpAnswer(500, "text/plain; charset=UTF-8", b"reply could not be stored\n")
-        if not fresh:
-            self._count("duplicate")
-            stored = await self._store.stored_ack(header.message_id)
-            return HttpAnswer(200, XML_CONTENT_TYPE, stored or ack)
-        self._count(disposition)
-        if disposition in ("orphan", "quarantined", "unparseable"):
+        disposition = stored.disposition
+        self._count(disposition.value)
+        if stored.duplicate:
+            log.info("duplicate inbound message %s acknowledged again", header.message_id)
+        elif disposition in (Disposition.ORPHAN, Disposition.QUARANTINED, Disposition.UNPARSEABLE):
             # Kept for diagnosis and never reported against a patient (decision h); worth an operator's look.
             log.warning("inbound %s %s stored as %s", header.action, header.message_id, disposition)
         log.debug(
@@ -139,9 +133,9 @@ class ReplyProcessor:
             attempt.message_id if attempt else "-",
             disposition,
         )
-        if disposition == "resolved" and attempt is not None:
+        if disposition is Disposition.RESOLVED and attempt is not None:
             self._on_resolved(attempt.run_id, attempt.nhs_number)
-        return HttpAnswer(200, XML_CONTENT_TYPE, ack)
+        return HttpAnswer(200, XML_CONTENT_TYPE, stored.ack)
 
     def _parse(self, message: EbxmlMessage) -> tuple[ParsedReply | None, str | None]:
         if message.hl7 is None:
@@ -153,8 +147,8 @@ class ReplyProcessor:
 
     def _judge(self, reply: ParsedReply | None, parse_problem: str | None, nhs_number: str | None) -> Verdict:
         if nhs_number is None:
-            return Verdict(None, "orphan", parse_problem)
+            return Verdict(None, Disposition.ORPHAN, parse_problem)
         if reply is None:
             # Kept for diagnosis; the child is resolved by a later reply or by the re-query after the timeout.
-            return Verdict(None, "unparseable", parse_problem)
+            return Verdict(None, Disposition.UNPARSEABLE, parse_problem)
         return judge(reply, queried_nhs_number=nhs_number)

@@ -1,31 +1,35 @@
-"""A whole job run: inputs → store → inbound endpoint + query pipeline → reports."""
+"""A whole job run, in four steps: prepare, send and await, finalise, report."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import socket
 import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import anyio
 import polars as pl
 
+from batch.concurrency import PostConcurrency
 from batch.config import JobConfig
 from batch.correlate import ReplyProcessor
 from batch.failpoints import failpoint
 from batch.ids import new_id
 from batch.inbound import InboundApp, bind_socket, serve_inbound
 from batch.logs import run_id_var
-from batch.pipeline import QueryPipeline
+from batch.outbound import QueryBuilder
+from batch.pipeline import Progress, QueryPipeline
 from batch.ratelimit import SlidingWindowLimiter
-from batch.reports import ReportPaths, write_reports
-from batch.store import Store
+from batch.reports import ReportFrames, ReportPaths, build_reports, write_reports
+from batch.states import RunStatus
+from batch.store import Run, Store
+from batch.summary import RunSummary, ThisProcess
 from batch.transport import SpineTransport
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,17 @@ class JobResult:
     exit_code: int
     run_id: str
     reports: ReportPaths
-    summary: dict[str, Any]
+    summary: RunSummary
+
+
+@dataclass(frozen=True)
+class _Sending:
+    """What the send-and-await step leaves for the summary."""
+
+    progress: Progress
+    inbound: dict[str, int]
+    breaker_open: bool
+    concurrency_peak: int
 
 
 def input_fingerprint(job_name: str, paths: list[Path]) -> str:
@@ -55,6 +69,172 @@ def input_fingerprint(job_name: str, paths: list[Path]) -> str:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def _children(patients: pl.DataFrame) -> list[str]:
+    return patients.get_column("_nhs_number").drop_nulls().unique().sort().to_list()
+
+
+def _bind(cfg: JobConfig) -> socket.socket:
+    # Bound before the state is touched: a taken port is a startup error that leaves nothing behind.
+    try:
+        return bind_socket(cfg.inbound)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {cfg.inbound.host}:{cfg.inbound.port} for replies ({exc.strerror})"
+        ) from None
+
+
+async def _prepare(store: Store, cfg: JobConfig, children: list[str], fingerprint: str) -> Run:
+    run = await store.begin_or_resume_run(
+        run_id=new_id(),
+        job_name=cfg.name,
+        input_fingerprint=fingerprint,
+        reference_date=datetime.now(UK).date().isoformat(),
+    )
+    run_id_var.set(run.run_id)
+    await store.add_children(run.run_id, children)
+    failpoint("run_started")
+    return run
+
+
+async def _send_and_await(
+    store: Store, cfg: JobConfig, run: Run, sock: socket.socket, ssl_context: ssl.SSLContext
+) -> _Sending:
+    """Serve the reply endpoint and query every open child until each has an outcome."""
+    pending = await store.open_children(run.run_id)
+    log.info("%s run: %d children still to answer", "resumed" if run.resumed else "new", len(pending))
+    limits = cfg.limits
+    limiter = SlidingWindowLimiter(limits.rate_per_second)
+    concurrency = PostConcurrency(limits.rate_per_second, limits.max_concurrent_posts)
+    async with SpineTransport(
+        spine=cfg.spine,
+        http=cfg.http,
+        ssl_context=ssl_context,
+        limiter=limiter,
+        max_connections=limits.max_concurrent_posts,
+    ) as transport:
+        pipeline = QueryPipeline(
+            limits=limits,
+            store=store,
+            sender=transport,
+            builder=QueryBuilder(cfg),
+            run_id=run.run_id,
+            limiter=limiter,
+            concurrency=concurrency,
+        )
+        processor = ReplyProcessor(
+            store,
+            our_party_key=cfg.sender_party_key,
+            not_found_codes=cfg.not_found_codes,
+            on_resolved=pipeline.on_resolved,
+            spine_party_key=cfg.spine.party_key,
+        )
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve_inbound, InboundApp(processor, cfg.inbound.path), sock, cfg.tls, stop)
+            await pipeline.run(pending)
+            stop.set()
+    return _Sending(pipeline.progress, dict(processor.counts), pipeline.breaker_open, concurrency.peak)
+
+
+async def _finalise(
+    store: Store,
+    cfg: JobConfig,
+    run: Run,
+    sending: _Sending,
+    patients: pl.DataFrame,
+    *,
+    started: float,
+    process_started_at: str,
+    children: int,
+) -> tuple[ReportFrames, RunSummary]:
+    """The children's outcomes and the run's counts, read once from the state, as reports and a summary."""
+    outcomes = await store.outcomes(run.run_id)
+    counts = await store.run_counts(run.run_id)
+    frames = build_reports(patients, outcomes, date.fromisoformat(run.reference_date))
+    summary = _summary(
+        cfg,
+        run,
+        sending,
+        process_started_at=process_started_at,
+        started=started,
+        rows=frames.results.height,
+        children=children,
+        outcomes=frames.outcome_counts(),
+        flagged_plan_rows=frames.flagged.height,
+        queries_sent=counts.attempts,
+        send_failures=counts.send_failures,
+        replies={d.value: n for d, n in sorted(counts.inbound.items())},
+        commit_groups=store.commit_groups,
+    )
+    return frames, summary
+
+
+async def _report(
+    store: Store, cfg: JobConfig, run: Run, frames: ReportFrames, summary: RunSummary
+) -> ReportPaths:
+    run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
+    reports = write_reports(run_dir, frames, summary.to_json())
+    _update_latest(cfg.output_dir, run_dir)
+    await store.end_run(run.run_id, RunStatus.COMPLETE)
+    return reports
+
+
+def _summary(
+    cfg: JobConfig,
+    run: Run,
+    sending: _Sending,
+    *,
+    process_started_at: str,
+    started: float,
+    rows: int,
+    children: int,
+    outcomes: dict[str, int],
+    flagged_plan_rows: int,
+    queries_sent: int,
+    send_failures: int,
+    replies: dict[str, int],
+    commit_groups: int,
+) -> RunSummary:
+    progress = sending.progress
+    sending_s = (
+        progress.last_send - progress.first_send
+        if progress.first_send is not None and progress.last_send is not None
+        else 0.0
+    )
+    return RunSummary(
+        run_id=run.run_id,
+        job=cfg.name,
+        profile=cfg.profile,
+        resumed=run.resumed,
+        run_started_at=run.started_at,
+        process_started_at=process_started_at,
+        finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        reference_date=run.reference_date,
+        rows=rows,
+        distinct_children=children,
+        outcomes=outcomes,
+        flagged_plan_rows=flagged_plan_rows,
+        queries_sent=queries_sent,
+        send_failures=send_failures,
+        replies=replies,
+        this_process=ThisProcess(
+            posts=progress.posts,
+            accepted=progress.accepted,
+            rejected=progress.rejected,
+            not_sent=progress.not_sent,
+            reply_timeouts=progress.timeouts,
+            inbound=sending.inbound,
+            post_concurrency_peak=sending.concurrency_peak,
+            commit_groups=commit_groups,
+        ),
+        circuit_breaker_open=sending.breaker_open,
+        duration_s=round(time.monotonic() - started, 3),
+        sending_duration_s=round(sending_s, 3),
+        achieved_rate_per_s=round((progress.posts - 1) / sending_s, 3) if sending_s > 0 else None,
+        configured_rate_per_s=cfg.limits.rate_per_second,
+    )
 
 
 def _update_latest(output_dir: Path, run_dir: Path) -> None:
@@ -69,110 +249,28 @@ async def run_job(
     cfg: JobConfig, patients: pl.DataFrame, fingerprint: str, ssl_context: ssl.SSLContext
 ) -> JobResult:
     started = time.monotonic()
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    children = sorted(set(patients.get_column("_nhs_number").drop_nulls().to_list()))
-    # Bound before the state is touched: a taken port is a startup error that leaves nothing behind.
-    try:
-        sock = bind_socket(cfg.inbound)
-    except OSError as exc:
-        raise StartupError(
-            f"cannot listen on {cfg.inbound.host}:{cfg.inbound.port} for replies ({exc.strerror})"
-        ) from None
+    process_started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    children = _children(patients)
+    sock = _bind(cfg)
     # Closed on the way out; once the server has taken it over (detached) closing is a no-op.
     with sock:
         async with Store.open(cfg.state) as store:
-            run = await store.begin_or_resume_run(
-                run_id=new_id(),
-                job_name=cfg.name,
-                input_fingerprint=fingerprint,
-                reference_date=datetime.now(UK).date().isoformat(),
-            )
-            run_id_var.set(run.run_id)
-            await store.add_children(run.run_id, children)
-            failpoint("run_started")
-            pending = await store.open_children(run.run_id)
-            log.info(
-                "%s run: %d input rows, %d distinct children, %d still to answer",
-                "resumed" if run.resumed else "new",
-                patients.height,
-                len(children),
-                len(pending),
-            )
-            limiter = SlidingWindowLimiter(cfg.limits.rate_per_second)
-            async with SpineTransport(
-                spine=cfg.spine,
-                http=cfg.http,
-                ssl_context=ssl_context,
-                limiter=limiter,
-                max_concurrent_posts=cfg.limits.max_concurrent_posts,
-            ) as transport:
-                pipeline = QueryPipeline(cfg, store, transport, run.run_id)
-                processor = ReplyProcessor(
-                    store,
-                    our_party_key=cfg.sender_party_key,
-                    not_found_codes=cfg.not_found_codes,
-                    on_resolved=pipeline.on_resolved,
-                    spine_party_key=cfg.spine.party_key,
-                )
-                stop = anyio.Event()
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(serve_inbound, InboundApp(processor, cfg.inbound.path), sock, cfg.tls, stop)
-                    await pipeline.run(pending)
-                    stop.set()
-            outcomes = await store.outcomes(run.run_id)
-            counts = await store.run_counts(run.run_id)
-            progress = pipeline.progress
-            sending = (
-                (progress.last_send - progress.first_send)
-                if progress.first_send and progress.last_send
-                else 0.0
-            )
-            summary: dict[str, Any] = {
-                "run_id": run.run_id,
-                "job": cfg.name,
-                "profile": cfg.profile,
-                "resumed": run.resumed,
-                "run_started_at": run.started_at,
-                "process_started_at": started_at,
-                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "reference_date": run.reference_date,
-                "distinct_children": len(children),
-                "queries_sent": counts.get("queries_sent", 0),
-                "attempts": counts.get("attempts", 0),
-                "send_failures": counts.get("send_failures", 0),
-                "posts_this_process": transport.posts_made,
-                "replies": {
-                    k.removeprefix("inbound_"): v for k, v in counts.items() if k.startswith("inbound_")
-                },
-                "inbound_this_process": dict(processor.counts),
-                "attempts_this_process": {
-                    "accepted": progress.accepted,
-                    "rejected": progress.rejected,
-                    "not_delivered": progress.send_failures,
-                    "reply_timeouts": progress.timeouts,
-                },
-                "circuit_breaker_open": pipeline.breaker_open,
-                "duration_s": round(time.monotonic() - started, 3),
-                "sending_duration_s": round(sending, 3),
-                "achieved_rate_per_s": round((progress.attempts - 1) / sending, 3) if sending > 0 else None,
-                "configured_rate_per_s": cfg.limits.rate_per_second,
-            }
-            run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
-            reports, results = write_reports(
-                run_dir,
+            run = await _prepare(store, cfg, children, fingerprint)
+            sending = await _send_and_await(store, cfg, run, sock, ssl_context)
+            frames, summary = await _finalise(
+                store,
+                cfg,
+                run,
+                sending,
                 patients,
-                outcomes,
-                reference_date=date.fromisoformat(run.reference_date),
-                summary=summary,
+                started=started,
+                process_started_at=process_started_at,
+                children=len(children),
             )
-            _update_latest(cfg.output_dir, run_dir)
-            await store.complete_run(run.run_id)
-        counts_by_outcome = dict(results.group_by("outcome").len().iter_rows())
-        summary = {**summary, "outcomes": counts_by_outcome}
-        log.info(
-            "run complete: %s; reports in %s",
-            ", ".join(f"{k}={v}" for k, v in sorted(counts_by_outcome.items())),
-            run_dir,
-        )
-        incomplete = counts_by_outcome.get("error", 0) + counts_by_outcome.get("no_reply", 0)
-        return JobResult(EXIT_INCOMPLETE if incomplete else EXIT_OK, run.run_id, reports, summary)
+            reports = await _report(store, cfg, run, frames, summary)
+    log.info(
+        "run complete: %s; reports in %s",
+        ", ".join(f"{k}={v}" for k, v in sorted(summary.outcomes.items()) if v),
+        reports.directory,
+    )
+    return JobResult(EXIT_INCOMPLETE if summary.incomplete else EXIT_OK, run.run_id, reports, summary)

@@ -1,27 +1,39 @@
 """One run: children in, one outcome per child out.
 
-Data flows one way: the dispatcher feeds children through a zero-buffer memory stream to a fixed pool of
-workers (the pool size *is* the in-flight bound); each worker records an attempt, posts it through the shared
-transport (paced by the rate limiter) and waits for the inbound endpoint to report a resolution or for the
-reply timeout, re-querying with new identifiers up to `max_attempts` (decision d).
+Three parts, data flowing one way:
+- the send loop takes the next child from the ready queue, a place among the `max_in_flight` queries that may
+  await a reply and a sender (POST concurrency), and starts an attempt;
+- an attempt takes its rate slot, builds its message, makes itself durable, POSTs and records what Spine said,
+  then gives its sender back;
+- the deadline loop re-queues (or finishes) a child whose reply has not come within `reply_timeout_s`.
+
+A child waiting for its reply holds a place in flight but no sender, so waiting never slows sending, and a
+resumed run's children whose queries may still be at Spine wait on their own deadlines (from when those queries
+were sent) while fresh children go out at the full rate. A reply, reported by the inbound endpoint through
+`on_resolved`, ends its child at once (decision d).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
-from dataclasses import dataclass
+import math
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream
+import anyio.abc
 
-from batch.config import JobConfig
-from batch.ebxml import ACTION_QUERY, SERVICE, MessageHeader, build_message, utc_timestamp
+from batch.concurrency import PostConcurrency
+from batch.config import Limits
 from batch.failpoints import failpoint
-from batch.hl7 import build_query
 from batch.ids import new_id
-from batch.store import AttemptRef, QueryState, Store
-from batch.transport import SendAccepted, SendRejected, SendUnanswered, SpineTransport
+from batch.outbound import QueryBuilder
+from batch.ratelimit import RateSlot, SlidingWindowLimiter
+from batch.states import AttemptStatus, Outcome
+from batch.store import AttemptRef, ChildProgress, Store, utcnow
+from batch.transport import SendAccepted, SendResult, SendUnanswered, SpineSender
 
 log = logging.getLogger(__name__)
 
@@ -30,161 +42,301 @@ log = logging.getLogger(__name__)
 class Progress:
     """Counters for the run summary (counts only: no patient data)."""
 
-    attempts: int = 0
+    posts: int = 0
     accepted: int = 0
     rejected: int = 0
-    send_failures: int = 0
+    not_sent: int = 0
     timeouts: int = 0
     first_send: float | None = None
     last_send: float | None = None
 
+    def sent(self, at: float) -> None:
+        self.posts += 1
+        self.first_send = at if self.first_send is None else self.first_send
+        self.last_send = at
+
+
+@dataclass(eq=False)
+class _Child:
+    nhs_number: str
+    counted: int = 0
+    """Attempts whose POST left us, across restarts (they count towards max_attempts)."""
+    unsent: int = 0
+    last_failure: str | None = None
+    awaiting: str | None = None
+    """The message id whose reply is awaited until the child's deadline."""
+    in_flight: bool = False
+    """Holds one of the max_in_flight places."""
+    done: bool = False
+
+
+@dataclass(order=True)
+class _Deadline:
+    at: float
+    nhs_number: str = field(compare=False)
+    message_id: str = field(compare=False)
+
 
 class QueryPipeline:
-    def __init__(self, cfg: JobConfig, store: Store, transport: SpineTransport, run_id: str) -> None:
-        self._cfg = cfg
+    def __init__(
+        self,
+        *,
+        limits: Limits,
+        store: Store,
+        sender: SpineSender,
+        builder: QueryBuilder,
+        run_id: str,
+        limiter: SlidingWindowLimiter,
+        concurrency: PostConcurrency,
+    ) -> None:
+        self._limits = limits
         self._store = store
-        self._transport = transport
+        self._sender = sender
+        self._builder = builder
         self._run_id = run_id
-        self._events: dict[str, anyio.Event] = {}
-        self._resolved: set[str] = set()
+        self._limiter = limiter
+        self._concurrency = concurrency
+        self._children: dict[str, _Child] = {}
+        self._ready: deque[str] = deque()
+        self._deadlines: list[_Deadline] = []
+        self._open = 0
+        self._in_flight = 0
         self._consecutive_failures = 0
+        self._ready_changed = anyio.Event()
+        self._place_freed = anyio.Event()
+        self._deadlines_changed = anyio.Event()
+        self._warned_in_flight = False
         self.breaker_open = False
         self.progress = Progress()
 
+    # -- what the inbound endpoint tells us ------------------------------------------------------------------
+
     def on_resolved(self, run_id: str, nhs_number: str) -> None:
-        """Called by the inbound endpoint after it committed a resolving reply."""
+        """Called by the inbound endpoint after it committed a reply that decided this child's outcome."""
         if run_id != self._run_id:
             return
-        self._resolved.add(nhs_number)
-        event = self._events.get(nhs_number)
-        if event is not None:
-            event.set()
+        child = self._children.get(nhs_number)
+        if child is not None:
+            self._done(child)
 
-    async def run(self, children: list[QueryState]) -> None:
-        if not children:
-            return
-        for child in children:
-            self._events.setdefault(child.nhs_number, anyio.Event())
-        send, receive = anyio.create_memory_object_stream[QueryState](max_buffer_size=0)
-        workers = min(self._cfg.limits.max_in_flight, len(children))
-        async with anyio.create_task_group() as tg:
-            for _ in range(workers):
-                tg.start_soon(self._worker, receive.clone())
-            receive.close()
-            async with send:
-                for child in children:
-                    await send.send(child)
+    # -- the run ---------------------------------------------------------------------------------------------
 
-    async def _worker(self, receive: MemoryObjectReceiveStream[QueryState]) -> None:
-        async with receive:
-            async for child in receive:
-                await self._process(child)
-
-    async def _wait_for_reply(self, nhs_number: str, seconds: float) -> bool:
-        if nhs_number in self._resolved:
-            return True
-        with anyio.move_on_after(max(seconds, 0.0)):
-            await self._events[nhs_number].wait()
-        return nhs_number in self._resolved
-
-    async def _process(self, child: QueryState) -> None:
-        nhs = child.nhs_number
-        limits = self._cfg.limits
-        attempts = child.attempts
-        if attempts and child.last_sent_at:
-            # Resumed: an earlier process may have a query in flight; give it its full reply timeout first.
-            elapsed = (datetime.now(UTC) - datetime.fromisoformat(child.last_sent_at)).total_seconds()
-            if await self._wait_for_reply(nhs, limits.reply_timeout_s - elapsed):
-                return
-        last_failure: str | None = None
-        while attempts < limits.max_attempts and not self.breaker_open:
-            if nhs in self._resolved:
-                return
-            attempts += 1
-            ref = AttemptRef(
-                message_id=new_id(),
-                run_id=self._run_id,
-                nhs_number=nhs,
-                conversation_id=new_id(),
-                query_event_id=new_id(),
-            )
-            headers, body, hl7 = self._build(ref)
-            # Written before the POST, so a reply that beats the 202 (or a crash) still finds its attempt.
-            await self._store.record_attempt(ref, attempts)
-            failpoint("attempt_recorded")
-            self.progress.attempts += 1
-            result = await self._transport.send(headers, body, hl7)
-            now = anyio.current_time()
-            self.progress.first_send = self.progress.first_send or now
-            self.progress.last_send = now
-            if isinstance(result, SendRejected):
-                self.progress.rejected += 1
-                log.warning("attempt %s refused by Spine: %s", ref.message_id, result.code)
-                await self._store.mark_attempt(ref.message_id, self._run_id, "failed", result.code)
-                await self._finish(nhs, "error", result.code)
-                return
-            if isinstance(result, SendUnanswered) and not result.maybe_delivered:
-                self.progress.send_failures += 1
-                last_failure = result.reason
-                log.warning("attempt %s not delivered to Spine: %s", ref.message_id, result.reason)
-                await self._store.mark_attempt(ref.message_id, self._run_id, "failed", result.reason)
-                self._note_failure()
-                continue
-            if isinstance(result, SendAccepted):
-                self.progress.accepted += 1
-                self._consecutive_failures = 0
-                await self._store.mark_attempt(ref.message_id, self._run_id, "accepted")
-                failpoint("query_accepted")
+    async def run(self, children: list[ChildProgress]) -> None:
+        """Give every child an outcome; returns when all have one."""
+        finished: list[tuple[_Child, Outcome, str]] = []
+        now_wall, now = datetime.now(UTC), anyio.current_time()
+        limits = self._limits
+        for progress in children:
+            child = _Child(progress.nhs_number, progress.counted, progress.unsent, progress.last_failure)
+            self._children[child.nhs_number] = child
+            self._open += 1
+            if progress.awaited is not None:
+                # An earlier process's query may be at Spine: its own reply timeout runs from when it was sent.
+                age = (now_wall - progress.awaited.since).total_seconds()
+                child.awaiting = progress.awaited.message_id
+                self._schedule(child, now + limits.reply_timeout_s - age)
+            elif child.counted >= limits.max_attempts:
+                finished.append((child, Outcome.NO_REPLY, _no_reply(child)))
+            elif child.unsent >= limits.max_attempts:
+                finished.append((child, Outcome.ERROR, f"send_failed:{child.last_failure}"))
             else:
-                await self._store.mark_attempt(ref.message_id, self._run_id, "unanswered", result.reason)
-            last_failure = None
-            if await self._wait_for_reply(nhs, limits.reply_timeout_s):
-                return
-            self.progress.timeouts += 1
-            await self._store.mark_attempt(ref.message_id, self._run_id, "timed_out")
-        if nhs in self._resolved:
+                self._ready.append(child.nhs_number)
+        for child, outcome, reason in finished:
+            await self._finish(child, outcome, reason)
+        if not self._open:
             return
-        if self.breaker_open and attempts < limits.max_attempts:
-            await self._finish(nhs, "error", "spine_unavailable")
-        elif last_failure is not None:
-            await self._finish(nhs, "error", f"send_failed:{last_failure}")
-        else:
-            await self._finish(nhs, "no_reply", f"no reply after {attempts} attempts")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._deadline_loop)
+            await self._send_loop(tg)
+            if self.breaker_open:
+                while (nhs := self._pop_ready()) is not None:
+                    await self._finish(self._children[nhs], Outcome.ERROR, "spine_unavailable")
 
-    def _note_failure(self) -> None:
+    async def _send_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        while (nhs := await self._next_ready()) is not None:
+            child = self._children[nhs]
+            await self._take_place()
+            token = object()
+            await self._concurrency.limiter.acquire_on_behalf_of(token)
+            if child.done or self.breaker_open:
+                # Answered by a late reply, or Spine became unavailable, while this child waited its turn.
+                self._concurrency.limiter.release_on_behalf_of(token)
+                self._give_back_place()
+                if not child.done:
+                    self._requeue(child)
+                continue
+            child.in_flight = True
+            tg.start_soon(self._attempt, child, token)
+
+    async def _attempt(self, child: _Child, token: object) -> None:
+        slot: RateSlot | None = None
+        try:
+            # The rate slot first: an attempt is recorded only once its POST can start, so a kill never
+            # leaves attempts that were still queueing for the limiter.
+            slot = await self._limiter.acquire()
+            ref = AttemptRef(new_id(), self._run_id, child.nhs_number, new_id(), new_id())
+            query = self._builder.build(ref)
+            child.counted += 1
+            # Durable before the POST: a reply that beats the 202, or a restart after a kill, finds it.
+            await self._store.record_attempt(ref, child.counted + child.unsent, utcnow())
+            failpoint("attempt_recorded")
+            result = await self._sender.send(query, slot)
+            self.progress.sent(anyio.current_time())
+            await self._settle(child, ref, result)
+            if isinstance(result, SendAccepted):
+                # How long a sender is busy when all goes well sizes POST concurrency; failures do not.
+                self._concurrency.observe(anyio.current_time() - slot.granted)
+        finally:
+            if slot is not None:
+                slot.sent()  # a slot whose POST never started must not hold up the limiter
+            self._concurrency.limiter.release_on_behalf_of(token)
+
+    async def _settle(self, child: _Child, ref: AttemptRef, result: SendResult) -> None:
+        """Record what the POST achieved and decide what the child waits for next."""
+        store = self._store
+        if isinstance(result, SendAccepted):
+            self.progress.accepted += 1
+            self._consecutive_failures = 0
+            await store.record_send_result(ref, AttemptStatus.ACCEPTED, acked_at=utcnow())
+            failpoint("query_accepted")
+            self._await_reply(child, ref)
+        elif isinstance(result, SendUnanswered) and result.maybe_delivered:
+            await store.record_send_result(ref, AttemptStatus.UNANSWERED, result.reason)
+            self._await_reply(child, ref)
+        elif isinstance(result, SendUnanswered):
+            self.progress.not_sent += 1
+            log.warning("attempt %s not delivered to Spine: %s", ref.message_id, result.reason)
+            child.counted -= 1
+            child.unsent += 1
+            child.last_failure = result.reason
+            await store.record_send_result(ref, AttemptStatus.NOT_SENT, result.reason)
+            self._give_back_place(child)
+            self._note_send_failure()
+            if child.done:
+                return
+            if child.unsent >= self._limits.max_attempts:
+                await self._finish(child, Outcome.ERROR, f"send_failed:{result.reason}")
+            elif self.breaker_open:
+                await self._finish(child, Outcome.ERROR, "spine_unavailable")
+            else:
+                self._requeue(child)
+        else:
+            self.progress.rejected += 1
+            log.warning("attempt %s refused by Spine: %s", ref.message_id, result.code)
+            await store.record_send_result(ref, AttemptStatus.REJECTED, result.code)
+            self._give_back_place(child)
+            await self._finish(child, Outcome.ERROR, result.code)
+
+    def _await_reply(self, child: _Child, ref: AttemptRef) -> None:
+        if child.done:  # the reply beat the 202
+            return
+        child.awaiting = ref.message_id
+        self._schedule(child, anyio.current_time() + self._limits.reply_timeout_s)
+
+    async def _deadline_loop(self) -> None:
+        while self._open:
+            now = anyio.current_time()
+            while self._deadlines and self._deadlines[0].at <= now:
+                due = heapq.heappop(self._deadlines)
+                child = self._children[due.nhs_number]
+                if not child.done and child.awaiting == due.message_id:
+                    await self._timed_out(child, due.message_id)
+            self._deadlines_changed = anyio.Event()
+            wait = self._deadlines[0].at - anyio.current_time() if self._deadlines else math.inf
+            if self._open and wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._deadlines_changed.wait()
+
+    async def _timed_out(self, child: _Child, message_id: str) -> None:
+        child.awaiting = None
+        self.progress.timeouts += 1
+        await self._store.mark_timed_out(message_id)
+        self._give_back_place(child)
+        if child.done:
+            return
+        if child.counted >= self._limits.max_attempts:
+            await self._finish(child, Outcome.NO_REPLY, _no_reply(child))
+        elif self.breaker_open:
+            await self._finish(child, Outcome.ERROR, "spine_unavailable")
+        else:
+            self._requeue(child)
+
+    # -- bookkeeping -----------------------------------------------------------------------------------------
+
+    def _schedule(self, child: _Child, at: float) -> None:
+        assert child.awaiting is not None
+        heapq.heappush(self._deadlines, _Deadline(at, child.nhs_number, child.awaiting))
+        self._deadlines_changed.set()
+
+    def _requeue(self, child: _Child) -> None:
+        self._ready.append(child.nhs_number)
+        self._ready_changed.set()
+
+    def _pop_ready(self) -> str | None:
+        while self._ready:
+            nhs = self._ready.popleft()
+            if not self._children[nhs].done:
+                return nhs
+        return None
+
+    async def _next_ready(self) -> str | None:
+        """The next child to query; None when every child has an outcome or Spine is unavailable."""
+        while not self.breaker_open:
+            nhs = self._pop_ready()
+            if nhs is not None:
+                return nhs
+            if not self._open:
+                return None
+            self._ready_changed = anyio.Event()
+            await self._ready_changed.wait()
+        return None
+
+    async def _take_place(self) -> None:
+        if self._in_flight >= self._limits.max_in_flight and not self._warned_in_flight:
+            self._warned_in_flight = True
+            log.warning(
+                "limits.max_in_flight = %d binds: that many queries await replies, so sending waits for replies",
+                self._limits.max_in_flight,
+            )
+        while self._in_flight >= self._limits.max_in_flight:
+            self._place_freed = anyio.Event()
+            await self._place_freed.wait()
+        self._in_flight += 1
+
+    def _give_back_place(self, child: _Child | None = None) -> None:
+        if child is not None:
+            if not child.in_flight:
+                return
+            child.in_flight = False
+        self._in_flight -= 1
+        self._place_freed.set()
+
+    def _done(self, child: _Child) -> None:
+        if child.done:
+            return
+        child.done = True
+        child.awaiting = None
+        self._give_back_place(child)
+        self._open -= 1
+        self._ready_changed.set()
+        self._deadlines_changed.set()
+
+    async def _finish(self, child: _Child, outcome: Outcome, reason: str) -> None:
+        # A reply may have decided the child meanwhile; the store keeps the first outcome.
+        await self._store.finish_child(self._run_id, child.nhs_number, outcome, reason)
+        self._done(child)
+
+    def _note_send_failure(self) -> None:
         self._consecutive_failures += 1
-        if not self.breaker_open and self._consecutive_failures >= self._cfg.limits.circuit_breaker_failures:
+        if not self.breaker_open and self._consecutive_failures >= self._limits.circuit_breaker_failures:
             self.breaker_open = True
+            self._ready_changed.set()
             log.error(
                 "circuit breaker open after %d failed sends in a row: Spine unavailable, no more queries this run",
                 self._consecutive_failures,
             )
 
-    async def _finish(self, nhs: str, outcome: str, reason: str | None) -> None:
-        # A reply may have resolved the child meanwhile; the store keeps the first outcome.
-        await self._store.finish_child(self._run_id, nhs, outcome, reason)
 
-    def _build(self, ref: AttemptRef) -> tuple[dict[str, str], bytes, bytes]:
-        cfg = self._cfg
-        now = datetime.now(UTC)
-        hl7 = build_query(
-            nhs_number=ref.nhs_number,
-            message_id=ref.message_id,
-            query_id=ref.query_event_id,
-            sender=cfg.sender,
-            spine_asid=cfg.spine.asid,
-            now=now,
-            version_code=cfg.version_code,
-        )
-        header = MessageHeader(
-            from_party=cfg.sender_party_key,
-            to_party=cfg.spine.party_key,
-            cpa_id=cfg.spine.cpa_id,
-            conversation_id=ref.conversation_id,
-            service=SERVICE,
-            action=ACTION_QUERY,
-            message_id=ref.message_id,
-            timestamp=utc_timestamp(now),
-        )
-        headers, body = build_message(header, hl7)
-        return headers, body, hl7
+def _no_reply(child: _Child) -> str:
+    sent = child.counted
+    return f"no reply to {sent} quer{'y' if sent == 1 else 'ies'} sent"

@@ -6,20 +6,19 @@ input row per plan; `exceptions.csv` the rows that are neither flagged nor not_f
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from batch.failpoints import failpoint
+from batch.states import Outcome
+from batch.store import ChildOutcome
 
-OUTCOMES = ("flagged", "not_flagged", "invalid_nhs_number", "error", "no_reply")
-EXCEPTION_OUTCOMES = ("invalid_nhs_number", "error", "no_reply")
+EXCEPTION_OUTCOMES = tuple(o.value for o in Outcome if o not in (Outcome.FLAGGED, Outcome.NOT_FLAGGED))
 
 RESULT_COLUMNS = (
     "source_file",
@@ -89,12 +88,24 @@ def _input_frame(patients: pl.DataFrame) -> pl.DataFrame:
     return patients.rename(renames)
 
 
-def build_results(patients: pl.DataFrame, outcomes: list[dict[str, Any]]) -> pl.DataFrame:
+def _outcome_frame(outcomes: list[ChildOutcome]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "nhs_number": [o.nhs_number for o in outcomes],
+            "outcome": [o.outcome.value if o.outcome is not None else None for o in outcomes],
+            "reason": [o.reason for o in outcomes],
+            "attempts": [o.attempts for o in outcomes],
+            "message_id": [o.message_id for o in outcomes],
+            "queried_at": [o.queried_at for o in outcomes],
+        },
+        schema=_OUTCOME_SCHEMA,
+    )
+
+
+def build_results(patients: pl.DataFrame, outcomes: list[ChildOutcome]) -> pl.DataFrame:
     frame = _input_frame(patients)
     input_cols = [c for c in frame.columns if not c.startswith("_")]
-    answers = pl.DataFrame(
-        [{k: o.get(k) for k in _OUTCOME_SCHEMA} for o in outcomes], schema=_OUTCOME_SCHEMA, orient="row"
-    ).rename({c: f"_q_{c}" for c in _OUTCOME_SCHEMA})
+    answers = _outcome_frame(outcomes).rename({c: f"_q_{c}" for c in _OUTCOME_SCHEMA})
     joined = frame.join(answers, left_on="_nhs_number", right_on="_q_nhs_number", how="left", coalesce=False)
     invalid = pl.col("_nhs_reason").is_not_null()
     results = joined.select(
@@ -122,29 +133,26 @@ def build_results(patients: pl.DataFrame, outcomes: list[dict[str, Any]]) -> pl.
     return results.sort("source_file", "source_row")
 
 
-def build_flagged(
-    results: pl.DataFrame, outcomes: list[dict[str, Any]], reference_date: date
-) -> pl.DataFrame:
-    rows = []
-    for o in outcomes:
-        result = o.get("result")
-        if o.get("outcome") != "flagged" or not result:
-            continue
-        for plan in result["plans"]:
-            rows.append(
-                {
-                    "nhs_number": o["nhs_number"],
-                    **{k: plan.get(k) for k in ("plan_type", "plan_start", "plan_end")},
-                    **{
-                        k: plan.get(k)
-                        for k in ("la_code", "la_name", "la_office_phone", "la_emergency_phone")
-                    },
-                    "access_count": result.get("access_count"),
-                    "last_access_at": result.get("last_access_at"),
-                    "last_access_organisation": result.get("last_access_organisation"),
-                    "child_records": result.get("child_records"),
-                }
-            )
+def build_flagged(results: pl.DataFrame, outcomes: list[ChildOutcome], reference_date: date) -> pl.DataFrame:
+    rows = [
+        (
+            o.nhs_number,
+            plan.plan_type,
+            plan.plan_start,
+            plan.plan_end,
+            plan.la_code,
+            plan.la_name,
+            plan.la_office_phone,
+            plan.la_emergency_phone,
+            o.result.access_count,
+            o.result.last_access_at,
+            o.result.last_access_organisation,
+            o.result.child_records,
+        )
+        for o in outcomes
+        if o.outcome is Outcome.FLAGGED and o.result is not None
+        for plan in o.result.plans
+    ]
     plans = pl.DataFrame(rows, schema=_PLAN_SCHEMA, orient="row")
     flagged_rows = results.filter(pl.col("outcome") == "flagged")
     input_cols = [c for c in results.columns if c not in RESULT_COLUMNS and not c.startswith("_")]
@@ -168,28 +176,36 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     return tmp
 
 
-def write_reports(
-    directory: Path,
-    patients: pl.DataFrame,
-    outcomes: list[dict[str, Any]],
-    *,
-    reference_date: date,
-    summary: dict[str, Any],
-) -> tuple[ReportPaths, pl.DataFrame]:
+@dataclass(frozen=True)
+class ReportFrames:
+    """Every report of a run, built in memory before anything is written."""
+
+    results: pl.DataFrame
+    flagged: pl.DataFrame
+    exceptions: pl.DataFrame
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Rows per outcome, every outcome present (the one place outcomes are counted)."""
+        counts = {o.value: 0 for o in Outcome}
+        for outcome, n in self.results.group_by("outcome").len().iter_rows():
+            counts[outcome] = n
+        return counts
+
+
+def build_reports(patients: pl.DataFrame, outcomes: list[ChildOutcome], reference_date: date) -> ReportFrames:
+    results = build_results(patients, outcomes)
+    flagged = build_flagged(results, outcomes, reference_date)
+    public = results.drop("_appointment_date")
+    exceptions = public.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
+    return ReportFrames(public, flagged, exceptions)
+
+
+def write_reports(directory: Path, frames: ReportFrames, summary_json: str) -> ReportPaths:
     """Write every report under a temporary name, then rename each into place (a reader never sees half a file)."""
     directory.mkdir(parents=True, exist_ok=True)
     # Staged files of a process killed mid-write are never renamed into place; clear them away.
     for stale in directory.glob(".*.tmp-*"):
         stale.unlink(missing_ok=True)
-    results = build_results(patients, outcomes)
-    flagged = build_flagged(results, outcomes, reference_date)
-    public = results.drop("_appointment_date")
-    exceptions = public.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
-    counts = {k: 0 for k in OUTCOMES}
-    for outcome, n in public.group_by("outcome").len().iter_rows():
-        counts[outcome] = n
-    summary = {**summary, "rows": public.height, "outcomes": counts, "flagged_plan_rows": flagged.height}
-
     paths = ReportPaths(
         directory=directory,
         results=directory / "results.parquet",
@@ -199,18 +215,13 @@ def write_reports(
         summary=directory / "summary.json",
     )
     staged = [
-        (paths.results, _atomic(paths.results, public.write_parquet)),
-        (paths.flagged_parquet, _atomic(paths.flagged_parquet, flagged.write_parquet)),
-        (paths.flagged_csv, _atomic(paths.flagged_csv, flagged.write_csv)),
-        (paths.exceptions, _atomic(paths.exceptions, exceptions.write_csv)),
-        (
-            paths.summary,
-            _atomic(
-                paths.summary, lambda p: p.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-            ),
-        ),
+        (paths.results, _atomic(paths.results, frames.results.write_parquet)),
+        (paths.flagged_parquet, _atomic(paths.flagged_parquet, frames.flagged.write_parquet)),
+        (paths.flagged_csv, _atomic(paths.flagged_csv, frames.flagged.write_csv)),
+        (paths.exceptions, _atomic(paths.exceptions, frames.exceptions.write_csv)),
+        (paths.summary, _atomic(paths.summary, lambda p: p.write_text(summary_json))),
     ]
     failpoint("reports_staged")
     for final, tmp in staged:
         os.replace(tmp, final)
-    return paths, public
+    return paths

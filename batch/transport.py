@@ -1,8 +1,8 @@
 """Outbound leg: one mutual-TLS HTTP client per run that POSTs ebXML messages to Spine.
 
 The transport resends the identical bytes (same M) after connect failures, retriable SOAP faults and
-502/503/504, with exponential back-off and jitter (ebxml-transport §7). It never resends after a read timeout:
-Spine may already hold the query, so the reply timeout decides.
+502/503/504, with exponential back-off and jitter (ebxml-transport §7), each resend in a rate slot of its own.
+It never resends after a read timeout: Spine may already hold the query, so the reply timeout decides.
 """
 
 from __future__ import annotations
@@ -10,17 +10,28 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 import httpx
 import stamina
 
 from batch.config import HttpConfig, SpineConfig
-from batch.ebxml import Accepted, Rejected, classify_sync_answer
+from batch.ebxml import Accepted, classify_sync_answer
 from batch.hl7 import assert_scheduled_care
-from batch.ratelimit import SlidingWindowLimiter
+from batch.ratelimit import RateSlot, SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutboundQuery:
+    """One attempt's ebXML message, ready to POST."""
+
+    message_id: str
+    headers: dict[str, str]
+    body: bytes
+    hl7: bytes
 
 
 @dataclass(frozen=True)
@@ -47,16 +58,43 @@ class SendUnanswered:
 SendResult = SendAccepted | SendRejected | SendUnanswered
 
 
+class SpineSender(Protocol):
+    """What the query pipeline needs from the outbound leg."""
+
+    async def send(self, query: OutboundQuery, slot: RateSlot) -> SendResult:
+        """POST the query in `slot` (resends take slots of their own) and say what Spine made of it.
+
+        Raises UnsafeQueryError, without sending, for a query lacking the scheduled-care flag.
+        """
+        ...
+
+
 class _Retry(Exception):
     """Raised inside the retry loop for an outcome worth resending; carries the last result."""
 
     def __init__(self, result: SendResult) -> None:
-        super().__init__(getattr(result, "reason", None) or getattr(result, "code", ""))
+        super().__init__(type(result).__name__)
         self.result = result
 
 
+class _Trace:
+    """httpcore trace hook for one POST: marks the rate slot sent when the request head starts going out, and
+    reports the round trip when Spine's answer head has arrived."""
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: RateSlot) -> None:
+        self._slot = slot
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "http11.send_request_headers.started":
+            self._slot.sent()
+        elif event == "http11.receive_response_headers.complete" and self._slot.sent_at is not None:
+            self._slot.answered(anyio.current_time() - self._slot.sent_at)
+
+
 class SpineTransport:
-    """Posts prepared ebXML messages; paced by the shared limiter and a cap on concurrent POSTs."""
+    """Posts prepared ebXML messages; paced by the shared limiter."""
 
     def __init__(
         self,
@@ -65,24 +103,25 @@ class SpineTransport:
         http: HttpConfig,
         ssl_context: ssl.SSLContext,
         limiter: SlidingWindowLimiter,
-        max_concurrent_posts: int,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._spine = spine
         self._http = http
         self._limiter = limiter
-        self._posts = anyio.CapacityLimiter(max_concurrent_posts)
         self._client = httpx.AsyncClient(
             verify=ssl_context,
+            transport=transport,
             timeout=httpx.Timeout(
                 connect=http.connect_timeout_s,
                 read=http.response_timeout_s,
                 write=http.response_timeout_s,
                 pool=None,
             ),
-            limits=httpx.Limits(
-                max_connections=max_concurrent_posts, max_keepalive_connections=max_concurrent_posts
-            ),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
+            # Proxy variables must not reroute patient queries.
+            trust_env=False,
         )
         self.posts_made = 0
 
@@ -95,9 +134,10 @@ class SpineTransport:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def send(self, headers: dict[str, str], body: bytes, hl7: bytes) -> SendResult:
+    async def send(self, query: OutboundQuery, slot: RateSlot) -> SendResult:
         # Fail closed: nothing leaves without the scheduled-care flag set to false (decision a).
-        assert_scheduled_care(hl7)
+        assert_scheduled_care(query.hl7)
+        next_slot: RateSlot | None = slot
         try:
             async for attempt in stamina.retry_context(
                 on=_Retry,
@@ -109,7 +149,9 @@ class SpineTransport:
                 timeout=None,
             ):
                 with attempt:
-                    result, retriable = await self._post_once(headers, body)
+                    current = next_slot or await self._limiter.acquire()
+                    next_slot = None
+                    result, retriable = await self._post_once(query, current)
                     if retriable:
                         raise _Retry(result)
                     return result
@@ -117,30 +159,32 @@ class SpineTransport:
             return exc.result
         raise AssertionError("unreachable: retry_context always returns or raises")
 
-    async def _post_once(self, headers: dict[str, str], body: bytes) -> tuple[SendResult, bool]:
-        async with self._posts:
-            await self._limiter.acquire()
-            self.posts_made += 1
-            try:
-                response = await self._client.post(self._spine.url, content=body, headers=headers)
-            except httpx.ConnectError:
-                return SendUnanswered("connect_failed", maybe_delivered=False), True
-            except httpx.ConnectTimeout:
-                return SendUnanswered("connect_timeout", maybe_delivered=False), True
-            except (httpx.ReadTimeout, httpx.WriteTimeout):
-                return SendUnanswered("response_timeout", maybe_delivered=True), False
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                # The connection dropped mid-exchange: Spine may or may not have the query. Resending the same
-                # M is what ebxml-transport §7 allows for a connection failure.
-                return SendUnanswered("connection_lost", maybe_delivered=False), True
-            except httpx.HTTPError as exc:
-                return SendUnanswered(type(exc).__name__, maybe_delivered=False), True
+    async def _post_once(self, query: OutboundQuery, slot: RateSlot) -> tuple[SendResult, bool]:
+        self.posts_made += 1
+        try:
+            response = await self._client.post(
+                self._spine.url, content=query.body, headers=query.headers, extensions={"trace": _Trace(slot)}
+            )
+        except httpx.ConnectError:
+            return SendUnanswered("connect_failed", maybe_delivered=False), True
+        except httpx.ConnectTimeout:
+            return SendUnanswered("connect_timeout", maybe_delivered=False), True
+        except (httpx.ReadTimeout, httpx.WriteTimeout):
+            return SendUnanswered("response_timeout", maybe_delivered=True), False
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            # The connection dropped mid-exchange: Spine may or may not have the query. Resending the same
+            # M is what ebxml-transport §7 allows for a connection failure.
+            return SendUnanswered("connection_lost", maybe_delivered=False), True
+        except httpx.HTTPError as exc:
+            return SendUnanswered(type(exc).__name__, maybe_delivered=False), True
+        finally:
+            # A request that failed before its head went out still used its slot.
+            slot.sent()
         answer = classify_sync_answer(
             response.status_code, response.headers.get("content-type"), response.content
         )
         if isinstance(answer, Accepted):
             return SendAccepted(), False
-        assert isinstance(answer, Rejected)
         if answer.retriable:
             return SendUnanswered(f"retriable:{answer.code}", maybe_delivered=False), True
         return SendRejected(answer.code, answer.description), False

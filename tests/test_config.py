@@ -21,7 +21,7 @@ def test_a_complete_job_loads_with_defaults(tmp_path: Path) -> None:
     assert cfg.name == "test-job"
     assert cfg.profile == "simulated"
     assert cfg.limits.max_attempts == 3
-    assert cfg.limits.max_concurrent_posts == 5
+    assert cfg.limits.max_concurrent_posts == 20
     assert cfg.http.transport_retries == 2
     assert cfg.version_code == "v3INF_DMSv5.7:FIN"
     assert cfg.sender.role_code_system == "2.16.840.1.113883.2.1.3.2.4.17.196"

@@ -98,6 +98,8 @@ def _query_response(message: etree._Element, warnings: WarningLog) -> QueryRespo
     payload = read_payloads(payloads, warnings)
     return QueryResponse(
         message_id=_message_id(message, warnings),
+        # A response may say which query it answers; correlation also has RefToMessageId and C.
+        message_ref=first_attr(every(message, "acknowledgement", "messageRef", "id"), "root"),
         response_code=_response_code(message),
         records=payload.records,
         access=payload.access,

@@ -53,10 +53,17 @@ class CpRecord:
 
 
 @dataclass(frozen=True)
-class QueryResponse:
-    """`REPC_IN000007GB01`."""
+class Reply:
+    """What every reply carries: its own HL7 message id and the id of the message it answers."""
 
     message_id: str | None
+    message_ref: str | None
+
+
+@dataclass(frozen=True)
+class QueryResponse(Reply):
+    """`REPC_IN000007GB01`."""
+
     response_code: str | None
     records: tuple[CpRecord, ...]
     access: tuple[AccessEntry, ...]
@@ -71,11 +78,9 @@ class QueryResponse:
 
 
 @dataclass(frozen=True)
-class QueryFailed:
+class QueryFailed(Reply):
     """`QUQI_IN010000UK14`."""
 
-    message_id: str | None
-    message_ref: str | None
     ack_type: str | None
     response_code: str | None
     issues: tuple[Issue, ...]
@@ -84,11 +89,9 @@ class QueryFailed:
 
 
 @dataclass(frozen=True)
-class AppAcknowledgement:
+class AppAcknowledgement(Reply):
     """`MCCI_IN010000UK13`."""
 
-    message_id: str | None
-    message_ref: str | None
     ack_type: str | None
     details: tuple[Issue, ...]
     issues: tuple[Issue, ...]

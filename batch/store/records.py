@@ -1,0 +1,151 @@
+"""Typed rows the store takes and gives back. Plain frozen data; no SQL here."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from batch.states import Disposition, Outcome
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    job_name: str
+    reference_date: str
+    started_at: str
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class AttemptRef:
+    """The identifiers of one attempt and the child it asks about (decision f: M, C and Q)."""
+
+    message_id: str
+    run_id: str
+    nhs_number: str
+    conversation_id: str
+    query_event_id: str
+
+
+@dataclass(frozen=True)
+class AwaitedAttempt:
+    """An attempt of an earlier process that may be at Spine, and since when its reply timeout runs."""
+
+    message_id: str
+    since: datetime
+
+
+@dataclass(frozen=True)
+class ChildProgress:
+    """What an earlier process did for a child that has no outcome yet (for resume)."""
+
+    nhs_number: str
+    counted: int = 0
+    """Attempts whose POST left us (they count towards max_attempts)."""
+    unsent: int = 0
+    """Attempts that never reached Spine."""
+    last_failure: str | None = None
+    """Why the latest attempt did not reach Spine, when it did not."""
+    awaited: AwaitedAttempt | None = None
+    """The latest attempt, when its reply may still come."""
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One plan from a CP-IS record, as the reports show it."""
+
+    plan_type: str
+    plan_start: str | None
+    plan_end: str | None
+    la_code: str | None
+    la_name: str | None
+    la_office_phone: str | None
+    la_emergency_phone: str | None
+    subject_kind: str
+
+
+@dataclass(frozen=True)
+class FlagResult:
+    """What a `REPC` said about a flagged child."""
+
+    plans: tuple[PlanRow, ...]
+    access_count: int
+    child_records: int | None
+    last_access_at: str | None
+    last_access_organisation: str | None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FlagResult:
+        data: dict[str, Any] = json.loads(text)
+        return cls(
+            plans=tuple(PlanRow(**plan) for plan in data["plans"]),
+            access_count=int(data["access_count"]),
+            child_records=data.get("child_records"),
+            last_access_at=data.get("last_access_at"),
+            last_access_organisation=data.get("last_access_organisation"),
+            warnings=tuple(data.get("warnings", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The business answer for a child, decided from a reply."""
+
+    outcome: Outcome
+    reason: str | None = None
+    result: FlagResult | None = None
+
+
+@dataclass(frozen=True)
+class InboundRecord:
+    message_id: str
+    action: str | None
+    ref_to_message_id: str | None
+    conversation_id: str | None
+    from_party: str | None
+    raw: bytes
+    ack: bytes
+
+
+@dataclass(frozen=True)
+class StoredInbound:
+    """What storing an inbound message did. For a duplicate, `ack` is the acknowledgement stored first."""
+
+    disposition: Disposition
+    ack: bytes
+
+    @property
+    def duplicate(self) -> bool:
+        return self.disposition is Disposition.DUPLICATE
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """One child of a run: its outcome (None while open) and the attempt that decided it."""
+
+    nhs_number: str
+    outcome: Outcome | None
+    reason: str | None
+    result: FlagResult | None
+    attempts: int
+    """POSTs that left us for this child, across restarts."""
+    message_id: str | None
+    """The attempt the deciding reply answered."""
+    queried_at: str | None
+    """When that attempt was sent."""
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    attempts: int = 0
+    """Attempts whose POST left us."""
+    send_failures: int = 0
+    """Attempts that never reached Spine."""
+    inbound: dict[Disposition, int] = field(default_factory=dict)

@@ -1,0 +1,394 @@
+"""The run's SQLite state file: one writer connection with group commits, one read-only connection, WAL.
+
+Writes go through `GroupWriter` (one task, one commit per group); reads use their own read-only connection,
+which WAL lets run beside the writer without opening a write transaction. Expected outcomes, such as a
+duplicate inbound message, are return values; `StoreError` means the database itself failed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import aiosqlite
+import anyio
+
+from batch.states import AttemptStatus, Disposition, Outcome, RunStatus
+from batch.store.records import (
+    AttemptRef,
+    AwaitedAttempt,
+    ChildOutcome,
+    ChildProgress,
+    FlagResult,
+    InboundRecord,
+    Resolution,
+    Run,
+    RunCounts,
+    StoredInbound,
+)
+from batch.store.schema import SchemaError, prepare
+from batch.store.writer import GroupWriter, WriteFailed
+
+T = TypeVar("T")
+
+_AWAITING = tuple(status.value for status in AttemptStatus if status.awaits_reply)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class StoreError(Exception):
+    """The state database could not be opened, read or written."""
+
+
+def _placeholders(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+def _open_writer(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode keeps every commit atomic and consistent; only the last commits before a power
+        # cut may be lost, which the reply timeout and re-query already recover.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        prepare(conn)
+        conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Store:
+    """Async facade over the state file; use `Store.open` as an async context manager."""
+
+    def __init__(self, writer: GroupWriter, reader: aiosqlite.Connection) -> None:
+        self._writer = writer
+        self._reader = reader
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[Store]:
+        """Open (creating or migrating) the state file. Raises StoreError naming the file."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await anyio.to_thread.run_sync(_open_writer, path)
+        except SchemaError as exc:
+            raise StoreError(f"{path}: not a usable state database ({exc})") from None
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: not a usable state database ({exc})") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot open state database ({exc})") from None
+        try:
+            uri = await anyio.to_thread.run_sync(lambda: f"{path.resolve().as_uri()}?mode=ro")
+            reader = await aiosqlite.connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"{path}: cannot open state database for reading ({exc})") from None
+        writer = GroupWriter(conn)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer.run)
+                try:
+                    yield cls(writer, reader)
+                finally:
+                    writer.close()
+        finally:
+            await reader.close()
+            conn.close()
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._writer.write(fn)
+        except WriteFailed as exc:
+            raise StoreError(f"state database write failed: {exc}") from exc.cause
+
+    async def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self._reader.execute(sql, params) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database read failed: {exc}") from exc
+
+    @property
+    def commit_groups(self) -> int:
+        """Group commits so far (for figures: statements per commit)."""
+        return self._writer.groups
+
+    # -- runs ---------------------------------------------------------------------------------------------
+
+    async def begin_or_resume_run(
+        self, *, run_id: str, job_name: str, input_fingerprint: str, reference_date: str
+    ) -> Run:
+        """Continue the unfinished run of this job and input, or start a new one."""
+
+        def fn(conn: sqlite3.Connection) -> Run:
+            row = conn.execute(
+                "SELECT run_id, reference_date, started_at FROM runs WHERE job_name = ? AND input_fingerprint = ?"
+                " AND status IN (?, ?) ORDER BY started_at DESC LIMIT 1",
+                (job_name, input_fingerprint, RunStatus.RUNNING.value, RunStatus.FAILED.value),
+            ).fetchone()
+            if row is not None:
+                conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (RunStatus.RUNNING.value, row[0]))
+                _audit(conn, row[0], "run_resumed")
+                return Run(row[0], job_name, row[1], row[2], resumed=True)
+            started = utcnow()
+            conn.execute(
+                "INSERT INTO runs (run_id, job_name, input_fingerprint, reference_date, started_at, status)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, job_name, input_fingerprint, reference_date, started, RunStatus.RUNNING.value),
+            )
+            _audit(conn, run_id, "run_started")
+            return Run(run_id, job_name, reference_date, started, resumed=False)
+
+        return await self._write(fn)
+
+    async def end_run(self, run_id: str, status: RunStatus) -> None:
+        """Mark the run complete, or failed (a rerun of the same input resumes a failed run)."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
+                (status.value, utcnow(), run_id),
+            )
+            _audit(conn, run_id, f"run_{status.value}")
+
+        await self._write(fn)
+
+    # -- children and attempts ----------------------------------------------------------------------------
+
+    async def add_children(self, run_id: str, nhs_numbers: Iterable[str]) -> None:
+        rows = [(run_id, n) for n in nhs_numbers]
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT OR IGNORE INTO queries (run_id, nhs_number) VALUES (?, ?)", rows)
+
+        await self._write(fn)
+
+    async def open_children(self, run_id: str) -> list[ChildProgress]:
+        """Children of the run without an outcome, with what earlier processes did for them."""
+        rows = await self._read(
+            "SELECT q.nhs_number, a.message_id, a.status, a.sent_at, a.acked_at, a.detail"
+            " FROM queries q LEFT JOIN attempts a ON a.run_id = q.run_id AND a.nhs_number = q.nhs_number"
+            " WHERE q.run_id = ? AND q.outcome IS NULL ORDER BY q.nhs_number, a.attempt, a.sent_at",
+            (run_id,),
+        )
+        progress: dict[str, ChildProgress] = {}
+        for nhs, message_id, status_text, sent_at, acked_at, detail in rows:
+            child = progress.setdefault(nhs, ChildProgress(nhs))
+            if message_id is None:
+                continue
+            status = AttemptStatus(status_text)
+            awaited = None
+            if status.awaits_reply:
+                awaited = AwaitedAttempt(message_id, datetime.fromisoformat(acked_at or sent_at))
+            progress[nhs] = ChildProgress(
+                nhs,
+                counted=child.counted + status.counts,
+                unsent=child.unsent + (not status.counts),
+                last_failure=None if status.counts else detail,
+                # Only the latest attempt can still be awaited: an earlier one was re-queried after a timeout.
+                awaited=awaited,
+            )
+        return list(progress.values())
+
+    async def record_attempt(self, ref: AttemptRef, number: int, sent_at: str) -> None:
+        """Make an attempt durable before its POST: from now on it may be at Spine."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO attempts (message_id, conversation_id, query_event_id, run_id, nhs_number, attempt,"
+                " sent_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ref.message_id,
+                    ref.conversation_id,
+                    ref.query_event_id,
+                    ref.run_id,
+                    ref.nhs_number,
+                    number,
+                    sent_at,
+                    AttemptStatus.SENDING.value,
+                ),
+            )
+            _audit(conn, ref.run_id, "query_sent", ref.message_id)
+
+        await self._write(fn)
+
+    async def record_send_result(
+        self, ref: AttemptRef, status: AttemptStatus, detail: str | None = None, acked_at: str | None = None
+    ) -> None:
+        """What the POST achieved (never overwrites `answered`: a reply may have beaten the 202)."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE attempts SET status = CASE WHEN status = ? THEN status ELSE ? END,"
+                " acked_at = COALESCE(?, acked_at), detail = ? WHERE message_id = ?",
+                (AttemptStatus.ANSWERED.value, status.value, acked_at, detail, ref.message_id),
+            )
+            if not status.counts:
+                _audit(conn, ref.run_id, "send_failed", ref.message_id, detail)
+
+        await self._write(fn)
+
+    async def mark_timed_out(self, message_id: str) -> None:
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE attempts SET status = ? WHERE message_id = ? AND status IN (?, ?, ?)",
+                (AttemptStatus.TIMED_OUT.value, message_id, *_AWAITING),
+            )
+
+        await self._write(fn)
+
+    async def finish_child(self, run_id: str, nhs_number: str, outcome: Outcome, reason: str | None) -> bool:
+        """Give a child an outcome decided by us (error, no_reply) unless a reply already did."""
+
+        def fn(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "UPDATE queries SET outcome = ?, reason = ?, resolved_at = ?"
+                " WHERE run_id = ? AND nhs_number = ? AND outcome IS NULL",
+                (outcome.value, reason, utcnow(), run_id, nhs_number),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(fn)
+
+    # -- inbound ---------------------------------------------------------------------------------------------
+
+    async def find_attempt(
+        self, *, message_ids: Sequence[str], conversation_id: str | None, query_event_ids: Sequence[str]
+    ) -> AttemptRef | None:
+        """Correlate by M (RefToMessageId, messageRef), then C, then an access entry's Q, in one read."""
+        m_ids = [m.upper() for m in message_ids]
+        q_ids = [q.upper() for q in query_event_ids]
+        c_id = conversation_id.upper() if conversation_id else None
+        if not (m_ids or q_ids or c_id):
+            return None
+        rows = await self._read(
+            "SELECT message_id, run_id, nhs_number, conversation_id, query_event_id,"  # noqa: S608 (placeholders only)
+            f" CASE WHEN message_id IN ({_placeholders(m_ids)}) THEN 0 WHEN conversation_id = ? THEN 1"
+            " ELSE 2 END AS rank FROM attempts"
+            f" WHERE message_id IN ({_placeholders(m_ids)}) OR conversation_id = ?"
+            f" OR query_event_id IN ({_placeholders(q_ids)}) ORDER BY rank LIMIT 1",
+            (*m_ids, c_id, *m_ids, c_id, *q_ids),
+        )
+        return AttemptRef(*rows[0][:5]) if rows else None
+
+    async def store_inbound(
+        self,
+        record: InboundRecord,
+        *,
+        attempt: AttemptRef | None,
+        disposition: Disposition,
+        detail: str | None,
+        resolution: Resolution | None,
+    ) -> StoredInbound:
+        """Store one inbound message and apply its resolution, in one transaction.
+
+        The first business answer for a child wins (`resolved`); a later one is kept as `superseded`. A message
+        id seen before is not stored or applied again: the result is `duplicate` with the first acknowledgement.
+        """
+        message_id = record.message_id.upper()
+
+        def fn(conn: sqlite3.Connection) -> StoredInbound:
+            seen = conn.execute("SELECT ack FROM inbound WHERE message_id = ?", (message_id,)).fetchone()
+            if seen is not None:
+                return StoredInbound(Disposition.DUPLICATE, bytes(seen[0]))
+            final = disposition
+            if attempt is not None and resolution is not None:
+                cursor = conn.execute(
+                    "UPDATE queries SET outcome = ?, reason = ?, result_json = ?, resolved_by = ?, resolved_at = ?"
+                    " WHERE run_id = ? AND nhs_number = ? AND outcome IS NULL",
+                    (
+                        resolution.outcome.value,
+                        resolution.reason,
+                        resolution.result.to_json() if resolution.result is not None else None,
+                        message_id,
+                        utcnow(),
+                        attempt.run_id,
+                        attempt.nhs_number,
+                    ),
+                )
+                final = Disposition.RESOLVED if cursor.rowcount == 1 else Disposition.SUPERSEDED
+                conn.execute(
+                    "UPDATE attempts SET status = ? WHERE message_id = ?",
+                    (AttemptStatus.ANSWERED.value, attempt.message_id),
+                )
+            conn.execute(
+                "INSERT INTO inbound (message_id, received_at, action, ref_to_message_id, conversation_id,"
+                " from_party, attempt_message_id, run_id, disposition, detail, raw, ack)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    utcnow(),
+                    record.action,
+                    record.ref_to_message_id,
+                    record.conversation_id,
+                    record.from_party,
+                    attempt.message_id if attempt else None,
+                    attempt.run_id if attempt else None,
+                    final.value,
+                    detail,
+                    record.raw,
+                    record.ack,
+                ),
+            )
+            return StoredInbound(final, record.ack)
+
+        return await self._write(fn)
+
+    # -- reporting -------------------------------------------------------------------------------------------
+
+    async def outcomes(self, run_id: str) -> list[ChildOutcome]:
+        rows = await self._read(
+            "SELECT q.nhs_number, q.outcome, q.reason, q.result_json,"
+            " (SELECT COUNT(*) FROM attempts a WHERE a.run_id = q.run_id AND a.nhs_number = q.nhs_number"
+            "  AND a.status != ?),"
+            " i.attempt_message_id, a.sent_at"
+            " FROM queries q LEFT JOIN inbound i ON i.message_id = q.resolved_by"
+            " LEFT JOIN attempts a ON a.message_id = i.attempt_message_id"
+            " WHERE q.run_id = ? ORDER BY q.nhs_number",
+            (AttemptStatus.NOT_SENT.value, run_id),
+        )
+        return [
+            ChildOutcome(
+                nhs_number=r[0],
+                outcome=Outcome(r[1]) if r[1] is not None else None,
+                reason=r[2],
+                result=FlagResult.from_json(r[3]) if r[3] else None,
+                attempts=r[4],
+                message_id=r[5],
+                queried_at=r[6],
+            )
+            for r in rows
+        ]
+
+    async def run_counts(self, run_id: str) -> RunCounts:
+        rows = await self._read(
+            "SELECT 'attempt', status, COUNT(*) FROM attempts WHERE run_id = ? GROUP BY status"
+            " UNION ALL SELECT 'inbound', disposition, COUNT(*) FROM inbound WHERE run_id = ? GROUP BY disposition",
+            (run_id, run_id),
+        )
+        attempts = sum(n for kind, status, n in rows if kind == "attempt" and AttemptStatus(status).counts)
+        unsent = sum(n for kind, status, n in rows if kind == "attempt" and not AttemptStatus(status).counts)
+        inbound = {Disposition(d): n for kind, d, n in rows if kind == "inbound"}
+        return RunCounts(attempts=attempts, send_failures=unsent, inbound=inbound)
+
+
+def _audit(
+    conn: sqlite3.Connection,
+    run_id: str | None,
+    event: str,
+    message_id: str | None = None,
+    detail: str | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO audit (at, run_id, event, message_id, detail) VALUES (?, ?, ?, ?, ?)",
+        (utcnow(), run_id, event, message_id, detail),
+    )
