@@ -5,7 +5,6 @@ multipart/related framing around the envelope is batch.mime's.
 """
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import unquote
@@ -208,9 +207,7 @@ def _manifest(body: etree._Element, payload_cid: str) -> None:
     _el(reference, _q(HL7EBXML_NS, "Payload"), style="HL7", encoding="XML", version="3.0")
 
 
-def build_message(
-    header: MessageHeader, hl7: bytes, *, sync_reply: bool = True
-) -> tuple[dict[str, str], bytes]:
+def build_message(header: MessageHeader, hl7: bytes) -> tuple[dict[str, str], bytes]:
     """HTTP headers and multipart body for one ebXML message carrying an HL7 payload (§2)."""
     _validate_outbound(header)
     if not hl7:
@@ -222,8 +219,7 @@ def build_message(
 
     envelope, soap_header, soap_body = _envelope()
     _message_header(soap_header, header)
-    if sync_reply:
-        etree.SubElement(soap_header, _q(EB_NS, "SyncReply"), _ext_attrs(_NEXT_ACTOR))
+    etree.SubElement(soap_header, _q(EB_NS, "SyncReply"), _ext_attrs(_NEXT_ACTOR))
     _manifest(soap_body, payload_cid)
     soap = _serialise(envelope)
     if mime.contains_delimiter(soap, BOUNDARY):
@@ -325,55 +321,6 @@ def build_message_error(
         ref_to_message_id=inbound.message_id,
     )
     _error_list(soap_header, error_code=error_code, description=description, severity=severity)
-    return _serialise(envelope)
-
-
-def build_sync_message_error(
-    ref_to_message_id: str,
-    *,
-    from_party: str,
-    to_party: str,
-    cpa_id: str,
-    conversation_id: str,
-    error_code: str,
-    description: str,
-    message_id: str,
-    now: datetime,
-) -> bytes:
-    """The MessageError Spine returns on the HTTP response when it rejects our envelope (§3)."""
-    _require_text(ref_to_message_id, "ref_to_message_id")
-    envelope, soap_header = _signal_header(
-        from_party=from_party,
-        to_party=to_party,
-        cpa_id=cpa_id,
-        conversation_id=conversation_id,
-        action="MessageError",
-        message_id=message_id,
-        now=now,
-        ref_to_message_id=ref_to_message_id,
-    )
-    _error_list(soap_header, error_code=error_code, description=description, severity="Error")
-    return _serialise(envelope)
-
-
-def build_soap_fault(error_codes: Sequence[str], description: str) -> bytes:
-    """A Spine SOAP fault with a nasp:errorList, the body of an HTTP 500 (§3)."""
-    if isinstance(error_codes, str) or not error_codes:
-        raise ValueError("error_codes must be a non-empty sequence of codes")
-    _require_text(description, "description")
-    envelope = etree.Element(_q(SOAP_NS, "Envelope"), nsmap={"SOAP": SOAP_NS, "nasp": NASP_NS})
-    fault = _el(_el(envelope, _q(SOAP_NS, "Body")), _q(SOAP_NS, "Fault"))
-    # SOAP 1.1 fault children are unqualified.
-    _el(fault, "faultcode", "SOAP:Server")
-    _el(fault, "faultstring", "Application Exception")
-    error_list = _el(_el(fault, "detail"), _q(NASP_NS, "errorList"))
-    for code in error_codes:
-        error = _el(error_list, _q(NASP_NS, "error"))
-        _el(error, _q(NASP_NS, "codeContext"), "urn:nhs:names:error:tms")
-        _el(error, _q(NASP_NS, "errorCode"), _require_text(code, "error code"))
-        _el(error, _q(NASP_NS, "severity"), "Error")
-        _el(error, _q(NASP_NS, "location"), "Not Supported")
-        _el(error, _q(NASP_NS, "description"), description)
     return _serialise(envelope)
 
 

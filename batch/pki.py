@@ -257,15 +257,6 @@ def make_dev_pki(
     return pki
 
 
-def load_dev_pki(directory: Path) -> DevPki:
-    """The paths of an existing development PKI; FileNotFoundError names any file that is missing."""
-    pki = _paths(Path(directory))
-    missing = [path.name for path in _files(pki) if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"development PKI in {pki.directory} lacks: {', '.join(missing)}")
-    return pki
-
-
 def make_untrusted_client(directory: Path) -> tuple[Path, Path]:
     """A client certificate and key issued by a separate, unrelated CA: for tests that expect refusal."""
     directory = Path(directory)

@@ -1,4 +1,5 @@
-"""The CP-IS query: timestamps, names, the builder, the scheduled-care guard and the tolerant reader."""
+"""The CP-IS query: timestamps, names, the builder and the scheduled-care guard (the simulator's reader of it is
+tested in tests/sim/test_wire.py)."""
 
 from __future__ import annotations
 
@@ -22,14 +23,12 @@ from batch.hl7 import (
     OID_ASID,
     OID_ODS_ORGANISATION,
     SCHEDULED_CARE_FLAG,
-    ReplyParseError,
     Sender,
     UnsafeQueryError,
     assert_scheduled_care,
     build_query,
     format_hl7_ts,
     parse_hl7_ts,
-    parse_query,
     split_person_name,
 )
 from batch.hl7.timestamps import UK_TIME
@@ -497,48 +496,3 @@ def test_guard_rejects_non_xml_and_doctype(data: bytes) -> None:
 
 def test_unsafe_query_error_is_a_value_error() -> None:
     assert issubclass(UnsafeQueryError, ValueError)
-
-
-# --- the tolerant reader the simulated Spine uses ----------------------------------------------
-
-
-def test_parse_query_round_trip() -> None:
-    message_id, query_id = new_id(), new_id()
-    parsed = parse_query(make_query(message_id=message_id, query_id=query_id))
-    assert parsed.message_id == message_id
-    assert parsed.query_id == query_id
-    assert parsed.nhs_number == NHS_NUMBER
-    assert parsed.sender_asid == OUR_ASID
-    assert parsed.scheduled_care_flags == ("false",)
-
-
-@pytest.mark.parametrize(
-    ("mutate", "flags"),
-    [
-        (_remove_flag, ()),
-        (_duplicate_flag, ("false", "false")),
-        (_duplicate_value, ("false", "false")),
-        (_set_value("true"), ("true",)),
-        (_drop_value_attribute, ()),
-    ],
-)
-def test_parse_query_reports_every_flag(mutate: object, flags: tuple[str, ...]) -> None:
-    assert parse_query(_mutated(mutate)).scheduled_care_flags == flags
-
-
-def test_parse_query_reads_documents_without_namespace() -> None:
-    text = make_query().decode("utf-8").replace(' xmlns="urn:hl7-org:v3"', "")
-    parsed = parse_query(text.encode("utf-8"))
-    assert parsed.nhs_number == NHS_NUMBER
-    assert parsed.scheduled_care_flags == ("false",)
-
-
-def test_parse_query_tolerates_missing_parts() -> None:
-    parsed = parse_query(b"<QUPC_IN000006GB01/>")
-    assert parsed == type(parsed)(None, None, None, None, ())
-
-
-@pytest.mark.parametrize("data", [b"", b"<unclosed", b'<!DOCTYPE x [<!ENTITY e "y">]><x>&e;</x>'])
-def test_parse_query_raises_reply_parse_error_for_non_xml(data: bytes) -> None:
-    with pytest.raises(ReplyParseError):
-        parse_query(data)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from batch.pki import DevPki, load_dev_pki, make_dev_pki, make_untrusted_client
+from batch.pki import DevPki, make_dev_pki, make_untrusted_client
 from batch.tls import TlsConfigError, client_context, days_until_expiry, expiry_warning, server_context
 
 # Guards against a hang if a handshake never completes; not a timing assertion.
@@ -99,12 +99,6 @@ def test_broken_or_insufficient_pki_is_regenerated(tmp_path: Path) -> None:
     assert pki.ca_cert.read_bytes() != regenerated_ca
     sans = _cert(pki.spine_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["spine.test"]
-
-
-def test_load_dev_pki(tmp_path: Path, pki: DevPki) -> None:
-    assert load_dev_pki(pki.directory) == pki
-    with pytest.raises(FileNotFoundError, match=r"ca\.pem"):
-        load_dev_pki(tmp_path)
 
 
 @pytest.mark.parametrize("hosts", [(), ("bad host",), ("-leading.example",)])

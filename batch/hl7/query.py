@@ -1,4 +1,4 @@
-"""The CP-IS NHS Query `QUPC_IN000006GB01` (messages §3): builder, send guard and a tolerant reader."""
+"""The CP-IS NHS Query `QUPC_IN000006GB01` (messages §3): builder and send guard."""
 
 import re
 from dataclasses import dataclass
@@ -7,7 +7,6 @@ from typing import Final
 
 from lxml import etree
 
-from batch.hl7.errors import ReplyParseError
 from batch.hl7.names import split_person_name
 from batch.hl7.namespaces import (
     HL7_NS,
@@ -19,7 +18,7 @@ from batch.hl7.namespaces import (
 )
 from batch.hl7.timestamps import format_hl7_ts
 from batch.hl7.xmlbuild import hl7_root, serialise, sub, template_slot
-from batch.hl7.xmlnav import attr, descendants, every, first, local_name
+from batch.hl7.xmlnav import descendants
 from batch.xmlsafe import XmlError, parse_xml
 
 # Decision (a): every query is a scheduled-care "silent read". This constant is the only source of
@@ -51,17 +50,6 @@ class Sender:
 
 class UnsafeQueryError(ValueError):
     """A query that must not be sent: the scheduled-care flag is missing, repeated or not `false`."""
-
-
-@dataclass(frozen=True)
-class ParsedQuery:
-    message_id: str | None
-    query_id: str | None
-    nhs_number: str | None
-    sender_asid: str | None
-    # Every accessEventType/value/@value under a queryByParameter, in document order. Anything
-    # other than exactly ("false",) is an unscheduled query.
-    scheduled_care_flags: tuple[str, ...]
 
 
 def build_query(
@@ -129,45 +117,6 @@ def assert_scheduled_care(hl7: bytes) -> None:
     values = [node for node in flag if isinstance(node.tag, str)]
     if len(values) != 1 or values[0].tag != _VALUE_TAG or values[0].get("value") != SCHEDULED_CARE_FLAG:
         raise UnsafeQueryError("refusing to send: accessEventType must hold exactly one value 'false'")
-
-
-def parse_query(hl7: bytes) -> ParsedQuery:
-    """Read a query tolerantly, by local name. Raises ReplyParseError only for non-XML."""
-    try:
-        root = parse_xml(hl7)
-    except XmlError as exc:
-        raise ReplyParseError(str(exc)) from None
-    message = root
-    if local_name(root) != QUERY_INTERACTION:
-        message = next(descendants(root, QUERY_INTERACTION), root)
-    query = next(descendants(message, "cP-ISNHSQuery"), None)
-    every_parameters = list(descendants(root, "queryByParameter"))
-    query_parameters = every_parameters if query is None else list(descendants(query, "queryByParameter"))
-    flags = tuple(
-        value
-        for parameters in every_parameters
-        for node in every(parameters, "accessEventType", "value")
-        if (value := node.get("value")) is not None
-    )
-    numbers = (
-        number
-        for parameters in query_parameters
-        for node in every(parameters, "person.NHSnumber", "value")
-        if (number := attr(node, "extension")) is not None
-    )
-    return ParsedQuery(
-        message_id=attr(first(message, "id"), "root"),
-        query_id=attr(first(query, "id"), "root"),
-        nhs_number=next(numbers, None),
-        sender_asid=_sender_asid(message),
-        scheduled_care_flags=flags,
-    )
-
-
-def _sender_asid(message: etree._Element) -> str | None:
-    ids = every(message, "communicationFunctionSnd", "device", "id")
-    preferred = [node for node in ids if attr(node, "root") == OID_ASID]
-    return next((asid for node in (*preferred, *ids) if (asid := attr(node, "extension"))), None)
 
 
 def _communication_function(root: etree._Element, tag: str, type_code: str, asid: str) -> None:
