@@ -1,4 +1,7 @@
-"""Mutual-TLS contexts for both legs (spec ebxml-transport.md §5): one context per process."""
+"""The outbound mutual-TLS context, one per process, and certificate expiry checks (ebxml-transport.md §5).
+
+The inbound leg's TLS is set up by batch.inbound (Hypercorn) from the same files.
+"""
 
 import ssl
 from datetime import UTC, datetime
@@ -73,16 +76,6 @@ def client_context(cert: Path, key: Path, ca: Path, *, check_hostname: bool = Tr
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # No hostname check only for a test environment reached by IP; the chain is always verified.
     context.check_hostname = check_hostname
-    context.verify_mode = ssl.CERT_REQUIRED
-    _load_identity(context, cert, key)
-    _load_trust(context, ca)
-    return context
-
-
-def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    """Inbound leg: serve our certificate and require a client certificate issued under the CA bundle."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
     _load_identity(context, cert, key)
     _load_trust(context, ca)

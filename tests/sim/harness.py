@@ -29,7 +29,7 @@ from batch.ebxml import (
 from batch.hl7 import Sender, build_query, parse_reply
 from batch.ids import new_id
 from batch.pki import DevPki
-from batch.tls import client_context, server_context
+from batch.tls import client_context
 from batch.xmlsafe import parse_xml
 from spine_sim import tls as sim_tls
 from spine_sim.answers import SimIdentity
@@ -245,7 +245,8 @@ def sim_server(pki: DevPki, settings: SimSettings, arrivals: list[Arrival] | Non
 
 
 def receiver_for(pki: DevPki, **options: Any) -> Receiver:
-    return Receiver(server_context(pki.client_cert, pki.client_key, pki.ca_cert), **options)
+    files = sim_tls.TlsFiles(pki.client_cert, pki.client_key, pki.ca_cert)
+    return Receiver(sim_tls.server_context(files), **options)
 
 
 @asynccontextmanager
