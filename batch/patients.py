@@ -19,10 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import polars.selectors as cs
 
 from batch.nhs_number import WARNINGS, Profile, nhs_number_expr
 
 MAX_LINE_BYTES = 1 << 20
+# A list's shape is capped before its data is read: a few kB of CSV header or of Parquet (which stores a
+# repeated value in a few bytes) can describe a frame that takes minutes or gigabytes to build. Real clinic
+# lists are far below both caps.
+MAX_COLUMNS = 1_000
+MAX_ROWS = 5_000_000
 _CHUNK_BYTES = 1 << 16
 
 CSV_SUFFIXES = frozenset({".csv", ".txt", ".tsv"})
@@ -172,9 +178,14 @@ def _overflow_offset(chunk: bytes, carried: int) -> int | None:
         start, used = end + 1, 0
 
 
+def _too_many_columns(path: Path, row: int | None, width: int) -> InputError:
+    return InputError(path, row, f"too many columns ({width}): a list may hold at most {MAX_COLUMNS}")
+
+
 def _prescan_csv(path: Path, spec: InputSpec) -> None:
     """One streaming pass for what polars would report badly or only after loading everything: foreign
-    binary formats, NUL bytes, bytes invalid in the configured encoding, over-long lines, no content."""
+    binary formats, NUL bytes, bytes invalid in the configured encoding, over-long lines, more than
+    MAX_ROWS lines after the header, no content."""
     decoder = codecs.getincrementaldecoder(spec.encoding)(errors="strict")
     not_text = f"bytes that are not valid {spec.encoding} text (is the file in another encoding?)"
     line = 1  # line number at the start of the current chunk
@@ -207,6 +218,11 @@ def _prescan_csv(path: Path, spec: InputSpec) -> None:
             last_newline = chunk.rfind(b"\n")
             line += chunk.count(b"\n")
             carried = carried + len(chunk) if last_newline < 0 else len(chunk) - last_newline - 1
+            # Lines, not records: a quoted cell may span lines, so this errs towards refusing at the cap.
+            if line - 1 + (carried > 0) > MAX_ROWS + 1:
+                raise InputError(
+                    path, MAX_ROWS + 2, f"too many rows: a list may hold at most {MAX_ROWS} data rows"
+                )
             chunk = handle.read(_CHUNK_BYTES)
     try:
         decoder.decode(b"", final=True)
@@ -263,6 +279,10 @@ def _header_names(cells: Sequence[str | None]) -> list[str]:
 
 def _read_csv(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
     _prescan_csv(path, spec)
+    # Only the first record is parsed here, so a very wide header is refused before polars builds a frame.
+    width = _first_line_width(path, spec)
+    if width > MAX_COLUMNS:
+        raise _too_many_columns(path, 1, width)
     source: Path | io.BytesIO = path
     if not _is_utf8(spec.encoding):
         # polars reads UTF-8 only; lists are small, so transcoding in memory is fine.
@@ -289,6 +309,9 @@ def _read_csv(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
         raise InputError(
             path, row, "malformed CSV: more fields than the header, or an unbalanced quote"
         ) from None
+    if raw.width > MAX_COLUMNS:
+        # Python's csv module and polars could split an oddly quoted header differently.
+        raise _too_many_columns(path, 1, raw.width)
     names = _header_names(raw.row(0))
     _check_duplicate_names(path, names, header_row=1)
     frame = raw.slice(1)
@@ -311,13 +334,17 @@ def _check_duplicate_names(path: Path, names: list[str], header_row: int | None)
 
 def _read_parquet(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
     unreadable = "not a readable Parquet file (corrupt or truncated)"
+    # One scan: its schema and row count come from the footer, so both caps hold before any data is read.
+    scan = pl.scan_parquet(path, glob=False, hive_partitioning=False)
     try:
-        schema = pl.read_parquet_schema(path)
+        schema = scan.collect_schema()
     except pl.exceptions.DuplicateError:
         raise InputError(path, None, "duplicate column names") from None
     except pl.exceptions.PolarsError:
         raise InputError(path, None, unreadable) from None
-    name = _match_column(list(schema), spec.nhs_number_column)
+    if len(schema) > MAX_COLUMNS:
+        raise _too_many_columns(path, None, len(schema))
+    name = _match_column(schema.names(), spec.nhs_number_column)
     if name is not None:
         dtype = schema[name]
         if dtype.is_numeric():
@@ -329,18 +356,38 @@ def _read_parquet(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None
             )
         if not (dtype in (pl.String, pl.Null) or isinstance(dtype, pl.Categorical | pl.Enum)):
             raise InputError(path, None, f"column '{name}' is {dtype}: NHS numbers must be stored as text")
+    for column, dtype in schema.items():
+        if not _textual(dtype):
+            raise InputError(path, None, f"column '{column}' is {_type_name(dtype)}: {_unreportable(dtype)}")
     try:
-        frame = pl.read_parquet(path)
+        rows = scan.select(pl.len()).collect().item()
+        if rows > MAX_ROWS:
+            raise InputError(
+                path, None, f"too many rows ({rows}): a list may hold at most {MAX_ROWS} data rows"
+            )
+        frame = scan.collect()
     except pl.exceptions.PolarsError:
         raise InputError(path, None, unreadable) from None
     return frame, None
 
 
 def _textual(dtype: pl.DataType) -> bool:
-    """Types whose text form keeps everything the value said (so the output can be Utf8 throughout)."""
+    """Types whose text form keeps everything the value said. Only these are read: every input column is
+    reported as text, and polars cannot write the others (nested, binary, durations) to CSV at all."""
     if dtype.is_numeric() or dtype in (pl.String, pl.Null, pl.Boolean, pl.Date, pl.Time):
         return True
     return isinstance(dtype, pl.Datetime | pl.Categorical | pl.Enum)
+
+
+def _type_name(dtype: pl.DataType) -> str:
+    # A nested type's full name lists every field, which can be long; the kind is what the reader needs.
+    return str(dtype.base_type()) if dtype.is_nested() else str(dtype)
+
+
+def _unreportable(dtype: pl.DataType) -> str:
+    if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
+        return "nested or binary columns cannot be reported"
+    return "only text, number, date, time and true/false columns can be reported"
 
 
 # --- per-file annotation --------------------------------------------------------------------------------
@@ -355,8 +402,13 @@ def _match_column(names: list[str], wanted: str) -> str | None:
     return close[0] if len(close) == 1 else None
 
 
+def _input_column(name: str) -> pl.Expr:
+    # pl.col reads "*" and "^...$" as patterns; a list's own column names must only ever mean themselves.
+    return cs.by_name(name).as_expr()
+
+
 def _appointment_date(column: str, dtype: pl.DataType, fmt: str | None) -> pl.Expr:
-    source = pl.col(column)
+    source = _input_column(column)
     if dtype == pl.Date:
         return source
     if isinstance(dtype, pl.Datetime):
@@ -384,56 +436,42 @@ def _annotate(
         date_column = _match_column(names, spec.appointment_date_column)
         if date_column is None:
             raise InputError(path, header_row, f"column '{spec.appointment_date_column}' not found")
-        if not _textual(frame.schema[date_column]):
-            raise InputError(
-                path,
-                header_row,
-                f"column '{spec.appointment_date_column}' is {frame.schema[date_column]}: "
-                "appointment dates must be stored as dates or text",
-            )
 
     # Row numbers count every data record, so blank lines dropped below still leave later rows numbered
     # as they are in the file.
     frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(SOURCE_ROW))
-    frame = frame.filter(~pl.all_horizontal(pl.col(names).is_null()))
+    frame = frame.filter(~pl.all_horizontal(cs.by_name(names).is_null()))
     if frame.height == 0:
         raise InputError(path, None, "no data rows (header only)")
 
     if date_column is not None:
         parsed = _appointment_date(date_column, frame.schema[date_column], spec.appointment_date_format)
         # A blank cell is a missing date, not a bad one.
-        given = pl.col(date_column).cast(pl.String).str.strip_chars().str.len_chars() > 0
+        given = _input_column(date_column).cast(pl.String).str.strip_chars().str.len_chars() > 0
         date_exprs = [parsed.alias(APPOINTMENT_DATE), (parsed.is_null() & given).alias(_BAD_DATE_FLAG)]
     else:
         date_exprs = [pl.lit(None, pl.Date).alias(APPOINTMENT_DATE), pl.lit(False).alias(_BAD_DATE_FLAG)]
 
-    nhs = nhs_number_expr(pl.col(nhs_column).cast(pl.String), profile)
-    frame = frame.with_columns(
+    nhs = nhs_number_expr(_input_column(nhs_column).cast(pl.String), profile)
+    # Worked out on just the columns read: polars plans every expression against the whole schema, so on a
+    # wide list the NHS number expression alone would cost time in proportion to the number of columns.
+    used = list(dict.fromkeys(name for name in (nhs_column, date_column) if name is not None))
+    annotations = frame.select(cs.by_name(used)).select(
         pl.lit(str(path), pl.String).alias(SOURCE_FILE),
         nhs.struct.field("nhs_number").alias(NHS_NUMBER),
         nhs.struct.field("nhs_reason").alias(NHS_REASON),
         nhs.struct.field("nhs_warning").alias(NHS_WARNING),
         *date_exprs,
     )
-    return frame.with_columns(pl.col(name).cast(pl.String) for name in names if _textual(frame.schema[name]))
-
-
-def _check_compatible(frames: list[tuple[Path, pl.DataFrame]]) -> None:
-    """Columns kept in their own type (binary, nested) must not meet a differently typed namesake."""
-    first_seen: dict[str, pl.DataType] = {}
-    for path, frame in frames:
-        for name, dtype in frame.schema.items():
-            earlier = first_seen.setdefault(name, dtype)
-            if earlier != dtype and pl.Null not in (earlier, dtype):
-                raise InputError(
-                    path, None, f"column '{name}' is {dtype} here but {earlier} in an earlier list"
-                )
+    # One cast for all columns: a DataFrame.schema lookup per column (which builds the whole schema each
+    # time) made 20,000 columns take minutes. Every column is textual; the readers refuse the rest.
+    return frame.with_columns(cs.by_name(names).cast(pl.String)).hstack(annotations)
 
 
 def read_patient_lists(
     paths: Sequence[Path], spec: InputSpec, profile: Profile = "simulated"
 ) -> pl.DataFrame:
-    """One row per data row of every list, original columns (as Utf8 where lossless) plus internal columns.
+    """One row per data row of every list, original columns (as Utf8) plus internal columns.
 
     `_nhs_warning` is a comma-joined list: `float_suffix`, `duplicate` (the same valid number on an earlier
     row of any list in this call) and `bad_appointment_date` (a non-empty date that does not parse).
@@ -454,7 +492,6 @@ def read_patient_lists(
             raise _os_error(path, exc) from exc
         annotated.append((path, _annotate(frame, path, header_row, spec, profile)))
 
-    _check_compatible(annotated)
     combined = pl.concat([frame for _, frame in annotated], how="diagonal_relaxed")
     number = pl.col(NHS_NUMBER)
     warning = pl.concat_str(
@@ -468,4 +505,4 @@ def read_patient_lists(
     )
     combined = combined.with_columns(pl.when(warning != "").then(warning).alias(NHS_WARNING))
     originals = [name for name in combined.columns if name not in INTERNAL_COLUMNS and name != _BAD_DATE_FLAG]
-    return combined.select(*originals, *INTERNAL_COLUMNS)
+    return combined.select(cs.by_name(*originals, *INTERNAL_COLUMNS))

@@ -9,15 +9,19 @@ import pickle
 import re
 import tracemalloc
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 
+from batch import patients
 from batch.patients import (
     INTERNAL_COLUMNS,
+    MAX_COLUMNS,
     MAX_LINE_BYTES,
+    MAX_ROWS,
     InputError,
     InputSpec,
     read_patient_lists,
@@ -236,7 +240,12 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], Path], int | None, str]] = {
     "parquet_binary_date_column": (
         lambda d: parquet(d / "l.parquet", pl.DataFrame({"NHS No.": [N1], "Appt Date": [b"\xff"]})),
         None,
-        "column 'Appt Date' is Binary: appointment dates must be stored as dates or text",
+        "column 'Appt Date' is Binary: nested or binary columns cannot be reported",
+    ),
+    "parquet_nested_nhs_column": (
+        lambda d: parquet(d / "l.parquet", pl.DataFrame({"NHS No.": [[N1]]})),
+        None,
+        "column 'NHS No.' is List(String): NHS numbers must be stored as text",
     ),
     "parquet_duplicate_column_names": (
         lambda d: _duplicate_parquet_names(d / "l.parquet"),
@@ -505,18 +514,24 @@ def test_parquet_with_text_column(tmp_path: Path) -> None:
             "Appt Date": [dt.date(2024, 1, 2), None, dt.date(2024, 1, 4)],
             "Visits": [3, 4, 5],
             "Ward": ["a", "b", "a"],
-            "Blob": [b"\x00\x01", b"", b"x"],
+            "Seen": [True, False, None],
+            "Weight": [Decimal("12.50"), None, Decimal("3.25")],
+            "Time": [dt.time(9, 30), None, dt.time(14, 0)],
         },
-        schema_overrides={"Ward": pl.Categorical},
+        schema_overrides={"Ward": pl.Categorical, "Weight": pl.Decimal(5, 2)},
     )
     path = parquet(tmp_path / "l.parquet", source)
     frame = read_one(path)
-    assert frame.columns == ["NHS No.", "Appt Date", "Visits", "Ward", "Blob", *INTERNAL_COLUMNS]
-    assert [frame.schema[name] for name in frame.columns[:5]] == [pl.String] * 4 + [pl.Binary]
-    assert frame.select("Visits", "Ward", "_source_row", "_nhs_number", "_nhs_reason").rows() == [
-        ("3", "a", 1, N1, None),
-        ("4", "b", 2, N2, None),
-        ("5", "a", 3, None, "empty"),
+    originals = ["NHS No.", "Appt Date", "Visits", "Ward", "Seen", "Weight", "Time"]
+    assert frame.columns == [*originals, *INTERNAL_COLUMNS]
+    # Every kept column is text, so the CSV reports can hold it.
+    assert [frame.schema[name] for name in originals] == [pl.String] * len(originals)
+    assert frame.select(
+        "Visits", "Ward", "Seen", "Weight", "_source_row", "_nhs_number", "_nhs_reason"
+    ).rows() == [
+        ("3", "a", "true", "12.50", 1, N1, None),
+        ("4", "b", "false", None, 2, N2, None),
+        ("5", "a", None, "3.25", 3, None, "empty"),
     ]
     assert frame["_appointment_date"].to_list() == [dt.date(2024, 1, 2), None, dt.date(2024, 1, 4)]
     assert frame["_nhs_warning"].to_list() == [None, None, None]
@@ -548,17 +563,137 @@ def test_csv_and_parquet_with_different_columns_are_combined(tmp_path: Path) -> 
     ]
 
 
-def test_kept_binary_column_meeting_text_namesake_is_an_error(tmp_path: Path) -> None:
-    first = write(tmp_path / "a.csv", csv_bytes("NHS No.,Appt Date,Blob", f"{N1},,x"))
-    second = parquet(
+@pytest.mark.parametrize(
+    ("column", "shown", "reason"),
+    [
+        (pl.Series("Notes", [["a", "b"]]), "List", "nested or binary columns cannot be reported"),
+        (pl.Series("Notes", [[1, 2]], dtype=pl.Array(pl.Int64, 2)), "Array", "nested or binary"),
+        (pl.Series("Notes", [{"ward": "7", "bed": 3}]), "Struct", "nested or binary"),
+        (pl.Series("Notes", [b"\x00\x01"]), "Binary", "nested or binary columns cannot be reported"),
+        (
+            pl.Series("Notes", [dt.timedelta(minutes=30)]),
+            "Duration(time_unit='us')",
+            "only text, number, date, time and true/false columns can be reported",
+        ),
+    ],
+)
+def test_parquet_columns_that_cannot_be_reported_are_refused(
+    tmp_path: Path, column: pl.Series, shown: str, reason: str
+) -> None:
+    # Such a column used to pass and then crash the CSV report after every query had been sent.
+    source = pl.DataFrame({"NHS No.": [N1], "Appt Date": ["2024-01-02"]}).with_columns(column)
+    path = parquet(tmp_path / "l.parquet", source)
+    with pytest.raises(InputError, match=re.escape(f"column 'Notes' is {shown}: {reason}")) as caught:
+        read_one(path)
+    assert (caught.value.path, caught.value.row) == (path, None)
+    assert_no_patient_data(caught.value)
+
+
+def test_a_list_with_an_unreportable_column_is_refused_even_after_a_good_one(tmp_path: Path) -> None:
+    good = write(tmp_path / "a.csv", csv_bytes("NHS No.,Appt Date,Blob", f"{N1},,x"))
+    bad = parquet(
         tmp_path / "b.parquet", pl.DataFrame({"NHS No.": [N2], "Appt Date": [None], "Blob": [b"x"]})
     )
-    with pytest.raises(InputError) as caught:
-        read_patient_lists([first, second], SPEC)
-    assert (caught.value.path, caught.value.reason) == (
-        second,
-        "column 'Blob' is Binary here but String in an earlier list",
-    )
+    with pytest.raises(InputError, match="column 'Blob' is Binary: nested or binary") as caught:
+        read_patient_lists([good, bad], SPEC)
+    assert caught.value.path == bad
+
+
+def test_column_names_that_look_like_patterns_mean_themselves(tmp_path: Path) -> None:
+    # polars reads "*" and "^...$" in pl.col as patterns; a header may hold either.
+    data = csv_bytes("NHS No.,Appt Date,*,^.*$", f"{N1},2024-01-02,star,caret")
+    frame = read_one(write(tmp_path / "l.csv", data))
+    assert frame.columns == ["NHS No.", "Appt Date", "*", "^.*$", *INTERNAL_COLUMNS]
+    assert frame.row(0)[:4] == (N1, "2024-01-02", "star", "caret")
+    assert frame.schema["_source_row"] == pl.Int64
+
+
+# --- caps on a list's shape ----------------------------------------------------------------------------
+
+
+def _wide_csv(path: Path, width: int) -> Path:
+    names = ["NHS No.", "Appt Date", *(f"c{i}" for i in range(3, width + 1))]
+    return write(path, csv_bytes(",".join(names), ",".join([N1, "2024-01-02", *[""] * (width - 2)])))
+
+
+def _wide_parquet(path: Path, width: int) -> Path:
+    extra = {f"c{i}": [None] for i in range(3, width + 1)}
+    return parquet(path, pl.DataFrame({"NHS No.": [N1], "Appt Date": ["2024-01-02"], **extra}))
+
+
+def test_a_list_of_the_most_columns_allowed_is_read(tmp_path: Path) -> None:
+    for path in (
+        _wide_csv(tmp_path / "l.csv", MAX_COLUMNS),
+        _wide_parquet(tmp_path / "l.parquet", MAX_COLUMNS),
+    ):
+        frame = read_one(path)
+        assert frame.width == MAX_COLUMNS + len(INTERNAL_COLUMNS)
+        assert frame["_nhs_number"].to_list() == [N1]
+
+
+@pytest.mark.parametrize("width", [MAX_COLUMNS + 1, 20_000])
+@pytest.mark.parametrize(
+    ("build", "suffix", "row"), [(_wide_csv, "csv", 1), (_wide_parquet, "parquet", None)]
+)
+def test_too_many_columns_are_refused(
+    tmp_path: Path, width: int, build: Callable[[Path, int], Path], suffix: str, row: int | None
+) -> None:
+    # 20,000 columns once took minutes (a schema rebuilt per column); the refusal must come at once.
+    path = build(tmp_path / f"l.{suffix}", width)
+    with pytest.raises(
+        InputError, match=re.escape(f"too many columns ({width}): a list may hold at most {MAX_COLUMNS}")
+    ) as caught:
+        read_one(path)
+    assert (caught.value.path, caught.value.row) == (path, row)
+
+
+def test_too_many_rows_in_parquet_are_refused_from_the_metadata(tmp_path: Path) -> None:
+    # A constant column compresses to a few kB however many rows it has.
+    rows = MAX_ROWS + 1
+    path = parquet(tmp_path / "l.parquet", pl.DataFrame({"NHS No.": pl.repeat(N1, rows, eager=True)}))
+    assert path.stat().st_size < 100_000
+    with pytest.raises(
+        InputError, match=re.escape(f"too many rows ({rows}): a list may hold at most {MAX_ROWS} data rows")
+    ) as caught:
+        read_one(path, InputSpec("NHS No."))
+    assert (caught.value.path, caught.value.row) == (path, None)
+
+
+def test_too_many_rows_in_csv_are_refused_while_scanning(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    with path.open("wb") as handle:
+        handle.write(b"NHS No.\n")
+        handle.write(b"x\n" * (MAX_ROWS + 1))
+    with pytest.raises(
+        InputError, match=re.escape(f"too many rows: a list may hold at most {MAX_ROWS} data rows")
+    ) as caught:
+        read_one(path, InputSpec("NHS No."))
+    assert (caught.value.path, caught.value.row) == (path, MAX_ROWS + 2)
+
+
+@pytest.mark.parametrize(
+    ("data", "refused"),
+    [
+        (csv_bytes("NHS No.", N1, N2, N3), False),
+        (csv_bytes("NHS No.", N1, N2, N3).rstrip(b"\n"), False),
+        (csv_bytes("NHS No.", N1, N2, N3, N1), True),
+        (csv_bytes("NHS No.", N1, N2, N3) + N1.encode(), True),
+    ],
+)
+def test_row_cap_boundary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data: bytes, refused: bool
+) -> None:
+    monkeypatch.setattr(patients, "MAX_ROWS", 3)
+    spec = InputSpec("NHS No.")
+    csv_path = write(tmp_path / "l.csv", data)
+    numbers = data.decode().splitlines()[1:]
+    parquet_path = parquet(tmp_path / "l.parquet", pl.DataFrame({"NHS No.": numbers}))
+    for path in (csv_path, parquet_path):
+        if refused:
+            with pytest.raises(InputError, match="a list may hold at most 3 data rows"):
+                read_one(path, spec)
+        else:
+            assert read_one(path, spec).height == 3
 
 
 # --- input specification and resolution ----------------------------------------------------------------
