@@ -15,7 +15,8 @@ A round trip far beyond the usual is Spine holding its answer (a slow acknowledg
 crawling there: a request is a few packets, and what delays its arrival (scheduling stalls at either end, a
 queue on the path) delays round trips in general and so shows in their recent distribution. Each guard is
 therefore capped at twice the 90th percentile of recent excesses (at least 1 ms, the resolution of the timers
-involved), and a slot whose answer has not come back when it matters gets that cap. A fixed 5% slack gave away
+involved; a tenth of the window until 16 round trips are known), and a slot whose answer has not come back
+when it matters gets that cap. A fixed 5% slack gave away
 5% of the allowance on every run; this gives away only the delay actually met, typically well under 1%
 (measured figures: bench/README.md).
 
@@ -32,19 +33,21 @@ import anyio
 
 RECENT = 256  # round trips remembered for the minimum and the cap
 MIN_CAP = 0.001
+# Until 16 round trips are known there is no spread to size the cap from: allow up to a tenth of the window.
+INITIAL_CAP = 0.1
 
 
 class RateSlot:
     """One grant. Call `sent()` when the request starts going out (idempotent), and `answered()` with its
     round trip once Spine's synchronous answer arrives; both are safe to call on an unused slot."""
 
-    __slots__ = ("_event", "_limiter", "excess", "granted", "sent_at")
+    __slots__ = ("_event", "_limiter", "granted", "round_trip", "sent_at")
 
     def __init__(self, limiter: SlidingWindowLimiter, granted: float) -> None:
         self._limiter = limiter
         self.granted = granted
         self.sent_at: float | None = None
-        self.excess: float | None = None
+        self.round_trip: float | None = None
         self._event = anyio.Event()
 
     def sent(self, at: float | None = None) -> None:
@@ -53,8 +56,9 @@ class RateSlot:
             self._event.set()
 
     def answered(self, round_trip: float) -> None:
-        if self.excess is None and self.sent_at is not None:
-            self.excess = self._limiter.observe(round_trip)
+        if self.round_trip is None and self.sent_at is not None:
+            self.round_trip = round_trip
+            self._limiter.observe(round_trip)
 
     async def wait_sent(self) -> float:
         await self._event.wait()
@@ -79,13 +83,13 @@ class SlidingWindowLimiter:
         self._round_trips: deque[float] = deque(maxlen=RECENT)
         self._minimum: deque[float] = deque()  # increasing; front is the minimum of _round_trips
         self._excesses: deque[float] = deque(maxlen=RECENT)
-        self._cap = MIN_CAP
+        self._cap = INITIAL_CAP * window
         self._since_cap = 0
         self.guard_total = 0.0
         self.grants = 0
 
-    def observe(self, round_trip: float) -> float:
-        """Record one round trip; returns its excess over the fastest recent one (the guard it earns)."""
+    def observe(self, round_trip: float) -> None:
+        """Record one round trip."""
         if len(self._round_trips) == self._round_trips.maxlen:
             oldest = self._round_trips[0]
             if self._minimum and self._minimum[0] == oldest:
@@ -101,13 +105,16 @@ class SlidingWindowLimiter:
             self._since_cap = 0
             ordered = sorted(self._excesses)
             self._cap = max(MIN_CAP, 2 * ordered[(len(ordered) * 9) // 10])
-        return excess
 
     def guard(self, slot: RateSlot) -> float:
-        """The extra spacing after `slot` before the grant `capacity` later (see the module docstring)."""
-        if slot.excess is None:
+        """The extra spacing after `slot` before the grant `capacity` later (see the module docstring).
+
+        The excess is taken against the fastest round trip known now, not when the slot's answer came: the
+        first answers of a run have nothing faster to be compared with yet.
+        """
+        if slot.round_trip is None or not self._minimum:
             return self._cap
-        return min(slot.excess, self._cap)
+        return min(max(0.0, slot.round_trip - self._minimum[0]), self._cap)
 
     async def acquire(self) -> RateSlot:
         """Wait for a grant. The caller must call `sent()` on the slot (a slot never used: in a `finally`)."""

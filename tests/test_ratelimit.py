@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from batch.ratelimit import MIN_CAP, RateSlot, SlidingWindowLimiter, max_in_window
+from batch.ratelimit import INITIAL_CAP, MIN_CAP, RateSlot, SlidingWindowLimiter, max_in_window
 
 WINDOW = 0.05
 RATE = 200  # per second: 10 per 50 ms window, 5 ms apart
@@ -72,27 +72,31 @@ async def test_a_grant_waits_for_the_slot_a_window_earlier_to_be_sent() -> None:
         assert granted == []
         sent_at = anyio.current_time()
         late.sent(sent_at)
-    assert granted[0].granted >= sent_at + WINDOW + MIN_CAP
+    assert granted[0].granted >= sent_at + WINDOW + INITIAL_CAP * WINDOW
 
 
 async def test_the_guard_is_the_slots_own_round_trip_excess_within_the_cap() -> None:
     limiter = SlidingWindowLimiter(RATE, window=WINDOW)
-    fast, slow, slower, unknown = (RateSlot(limiter, 0.0) for _ in range(4))
-    for slot in (fast, slow, slower, unknown):
+    first, fast, slow, unknown = (RateSlot(limiter, 0.0) for _ in range(4))
+    for slot in (first, fast, slow, unknown):
         slot.sent(0.0)
+    # The first answer has nothing to compare with yet; it is judged against the fastest known later.
+    first.answered(0.012)
     fast.answered(0.010)
     slow.answered(0.0105)
-    assert (fast.excess, slow.excess) == (0.0, pytest.approx(0.0005))
+    assert limiter.guard(first) == pytest.approx(0.002)
     assert limiter.guard(fast) == 0.0
     assert limiter.guard(slow) == pytest.approx(0.0005)
-    # Far beyond the usual round trip: Spine holding its answer, not the request crawling there.
-    slower.answered(5.0)
-    assert limiter.guard(slower) == MIN_CAP
-    assert limiter.guard(unknown) == MIN_CAP  # no answer yet: the cap
-    # Answered before it was sent? (A failed POST): no excess is taken from it.
+    # Until 16 round trips are known, the cap is a tenth of the window; an unanswered slot gets the cap.
+    assert limiter.guard(unknown) == pytest.approx(INITIAL_CAP * WINDOW)
+    held = RateSlot(limiter, 0.0)
+    held.sent(0.0)
+    held.answered(5.0)  # Spine holding its answer, not the request crawling there
+    assert limiter.guard(held) == pytest.approx(INITIAL_CAP * WINDOW)
+    # A slot answered before it was sent (a failed POST) records nothing.
     never = RateSlot(limiter, 0.0)
     never.answered(1.0)
-    assert never.excess is None
+    assert never.round_trip is None
 
 
 async def test_the_cap_follows_the_recent_spread_of_round_trips() -> None:
@@ -100,16 +104,29 @@ async def test_the_cap_follows_the_recent_spread_of_round_trips() -> None:
     # Excesses 0 ms .. 31 ms: after 32 observations the 90th percentile is 28 ms, the cap twice that.
     for ms in range(32):
         limiter.observe(0.010 + ms / 1000)
-    slot = RateSlot(limiter, 0.0)
-    assert limiter.guard(slot) == pytest.approx(2 * 0.028)
+    slow = RateSlot(limiter, 0.0)
+    slow.sent(0.0)
+    slow.answered(1.0)
+    assert limiter.guard(slow) == pytest.approx(2 * 0.028)
+    assert limiter.guard(RateSlot(limiter, 0.0)) == pytest.approx(2 * 0.028)
+
+
+async def test_a_steady_path_earns_the_floor_cap() -> None:
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    for _ in range(32):
+        limiter.observe(0.010)
+    assert limiter.guard(RateSlot(limiter, 0.0)) == MIN_CAP
 
 
 def test_the_minimum_round_trip_is_the_recent_one() -> None:
     limiter = SlidingWindowLimiter(RATE, window=WINDOW)
-    assert limiter.observe(0.001) == 0.0
+    limiter.observe(0.001)
     for _ in range(256):  # the fast one falls out of memory
         limiter.observe(0.020)
-    assert limiter.observe(0.021) == pytest.approx(0.001)
+    slot = RateSlot(limiter, 0.0)
+    slot.sent(0.0)
+    slot.answered(0.021)
+    assert limiter.guard(slot) == pytest.approx(0.001)
 
 
 async def test_a_rate_below_one_per_window_is_kept_by_spacing() -> None:
