@@ -116,6 +116,15 @@ class SlidingWindowLimiter:
             return self._cap
         return min(max(0.0, slot.round_trip - self._minimum[0]), self._cap)
 
+    def seed(self, sent: list[float]) -> None:
+        """Count requests already sent at these monotonic times (an earlier process's, before a restart), so
+        that the first window of a resumed run holds them too."""
+        for at in sorted(sent)[-self.capacity :]:
+            slot = RateSlot(self, at)
+            slot.sent(at)
+            self._slots.append(slot)
+            self._next = max(self._next, at + self._interval)
+
     async def acquire(self) -> RateSlot:
         """Wait for a grant. The caller must call `sent()` on the slot (a slot never used: in a `finally`)."""
         async with self._lock:

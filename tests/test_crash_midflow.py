@@ -28,6 +28,7 @@ import polars as pl
 import pytest
 
 from batch.pki import make_dev_pki
+from batch.ratelimit import max_in_window
 from spine_sim.arrivals import Arrival
 from spine_sim.dataset import generate_dataset
 from spine_sim.process import running_sim
@@ -180,6 +181,13 @@ def test_a_killed_run_ends_as_a_clean_run_does(kill: str, scenarios: dict[str, S
 def test_no_child_is_queried_more_than_max_attempts_times(kill: str, scenarios: dict[str, Scenario]) -> None:
     queried = _queries_by_child(scenarios[kill].arrivals)
     assert max(len(ids) for ids in queried.values()) <= MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize("kill", ["clean", *KILLS])
+def test_no_second_holds_more_than_the_rate_across_the_restart(
+    kill: str, scenarios: dict[str, Scenario]
+) -> None:
+    assert max_in_window([a.t for a in scenarios[kill].arrivals], 1.0) <= RATE
 
 
 @pytest.mark.parametrize("kill", ["clean", *KILLS])

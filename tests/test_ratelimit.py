@@ -148,3 +148,14 @@ async def test_sent_is_idempotent() -> None:
     slot.sent(2.0)
     assert slot.sent_at == 1.0
     assert await slot.wait_sent() == 1.0
+
+
+async def test_a_seeded_history_counts_in_the_first_window() -> None:
+    """A restarted run's first grants respect the sends its killed predecessor made just before."""
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    now = anyio.current_time()
+    earlier = [now - WINDOW + i * (WINDOW / 10) for i in range(1, 11)]  # ten sends in the last window
+    limiter.seed([*earlier, now - 10.0])  # older ones than a window's worth are irrelevant
+    slots = await _grants(limiter, 5, 1)
+    assert max_in_window([*earlier, *(s.granted for s in slots)], WINDOW) <= 10
+    assert slots[0].granted >= earlier[0] + WINDOW

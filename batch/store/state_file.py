@@ -199,6 +199,15 @@ class Store:
             )
         return list(progress.values())
 
+    async def recent_sends(self, job_name: str, limit: int) -> list[datetime]:
+        """When the job's latest `limit` attempts were sent (any run), for pacing across a restart."""
+        rows = await self._read(
+            "SELECT a.sent_at FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE r.job_name = ?"
+            " ORDER BY a.sent_at DESC LIMIT ?",
+            (job_name, limit),
+        )
+        return [datetime.fromisoformat(row[0]) for row in rows]
+
     async def record_attempt(self, ref: AttemptRef, number: int, sent_at: str) -> None:
         """Make an attempt durable before its POST: from now on it may be at Spine."""
 
