@@ -37,6 +37,20 @@ def _parquet_int(folder: Path) -> str:
     return "ints.parquet"
 
 
+def _parquet_nested(folder: Path) -> str:
+    # Such a column once passed validation and crashed the CSV report after every query had been sent.
+    pl.DataFrame(
+        {"NHS No": ["9991234012"], "Appointment Date": ["01/12/2026"], "Contacts": [[{"role": "GP"}]]}
+    ).write_parquet(folder / "nested.parquet")
+    return "nested.parquet"
+
+
+def _wide(folder: Path) -> str:
+    names = ["NHS No", "Appointment Date", *(f"c{i}" for i in range(3, 20_001))]
+    (folder / "wide.csv").write_text(",".join(names) + "\n" + ROW)
+    return "wide.csv"
+
+
 def _big_line(folder: Path) -> str:
     # A 1 GiB file with no line break: must fail fast, in bounded memory.
     path = folder / "one-line.csv"
@@ -69,6 +83,8 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "directory": (_directory, "is a directory"),
     "missing file": (lambda folder: "absent.csv", "file not found"),
     "Parquet integer column": (_parquet_int, "must be stored as text"),
+    "Parquet nested column": (_parquet_nested, "column 'Contacts' is List: nested or binary columns"),
+    "20,000 columns": (_wide, "row 1: too many columns (20000): a list may hold at most 1000"),
 }
 
 
@@ -111,6 +127,21 @@ def test_bad_input_is_refused_cleanly(case: str, tmp_path: Path, pki: Path) -> N
     _assert_refused(completed, tmp_path, file_name, needle)
     if case == "1 GB single line":
         (tmp_path / file_name).unlink()
+
+
+def test_a_job_file_with_an_unknown_key_is_refused(tmp_path: Path, pki: Path) -> None:
+    (tmp_path / "list.csv").write_text(HEADER + ROW)
+    tables = job_tables(
+        tmp=tmp_path,
+        pki=pki,
+        inputs="list.csv",
+        spine_url="https://127.0.0.1:9/reliablemessaging/reliablerequest",
+        inbound_port=free_port(),
+    )
+    tables["limits"]["max_inflight"] = 10
+    completed = run_cli("run", str(write_job(tmp_path / "job.toml", tables)))
+    needle = "unknown key `limits.max_inflight`; did you mean `limits.max_in_flight`?"
+    _assert_refused(completed, tmp_path, "job.toml", needle)
 
 
 def _run_tolerated(tmp_path: Path, pki: Path, name: str, data: bytes) -> tuple[int, pl.DataFrame]:
