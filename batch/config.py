@@ -244,7 +244,9 @@ def _positive(value: object) -> float:
 
 
 def _one_character(value: object) -> str:
-    if not isinstance(value, str) or len(value) != 1:
+    if not isinstance(value, str):
+        raise _wrong_type("one character", value)
+    if len(value) != 1:
         raise _Invalid("must be one character")
     return value
 

@@ -107,7 +107,7 @@ def test_bad_values_are_named(tmp_path: Path, table: str, key: str, value: objec
             1.0,
             "input.nhs_number_column must be a non-empty string (found a decimal",
         ),
-        ("input", "delimiter", 44, "input.delimiter must be one character"),
+        ("input", "delimiter", 44, "input.delimiter must be one character (found a whole number)"),
         ("spine", "url", 443, "spine.url must be a non-empty string (found a whole number)"),
         (
             "sender",
