@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from lxml import etree
+
 from spine_sim.dataset import Answer, AppAckError, Dataset, QueryFailed, RecordsFound
 from spine_sim.ebxml import SERVICE, MessageHeader, build_message, utc_timestamp
 from spine_sim.faults import FaultDecision
-from spine_sim.hl7 import APP_ACK_INTERACTION, QUERY_FAILED_INTERACTION, RESPONSE_INTERACTION
+from spine_sim.hl7 import APP_ACK_INTERACTION, QUERY_FAILED_INTERACTION, RESPONSE_INTERACTION, serialise
 from spine_sim.ids import new_id
 from spine_sim.replies import (
     SimAccess,
     SimLocalAuthority,
     SimPlan,
     SimRecord,
-    build_app_acknowledgement,
-    build_query_failed,
-    build_query_response,
+    app_acknowledgement,
+    query_failed,
+    query_response,
+    restamp,
 )
 
+# Reply templates kept at most: a dataset's worth of children with records, and the few QUQI/MCCI answers.
+_MAX_TEMPLATES = 50_000
 # What an injected MCCI error says (obviously simulated, so it cannot be mistaken for a Spine code).
 FAULT_MCCI_ERROR = AppAckError(code="SIMAE99", display="Simulated application error (fault injection)")
 
@@ -68,6 +74,7 @@ class ReplyFactory:
     def __init__(self, dataset: Dataset, identity: SimIdentity) -> None:
         self.dataset = dataset
         self.identity = identity
+        self._templates: dict[tuple[object, str], tuple[str, etree._Element]] = {}
 
     def replies_for(self, query: QueryContext, decision: FaultDecision, now: datetime) -> list[OutboundReply]:
         """The replies to deliver, in delivery order (empty when the reply is dropped)."""
@@ -118,6 +125,21 @@ class ReplyFactory:
     def _hl7(
         self, query: QueryContext, answer: Answer, reply_id: str, message_ref: str, now: datetime
     ) -> tuple[str, bytes]:
+        # Built once per answer (and client ASID), then copied and restamped: most of a reply depends only on
+        # the dataset, and building it afresh was the larger part of the simulator's work per query.
+        key = (answer.child.nhs_number if isinstance(answer, RecordsFound) else answer, query.client_asid)
+        template = self._templates.get(key)
+        if template is None:
+            if len(self._templates) >= _MAX_TEMPLATES:
+                self._templates.clear()
+            template = self._templates[key] = self._build(query, answer, reply_id, message_ref, now)
+        action, tree = template
+        root = restamp(copy.deepcopy(tree), reply_id=reply_id, message_ref=message_ref, now=now)
+        return action, serialise(root)
+
+    def _build(
+        self, query: QueryContext, answer: Answer, reply_id: str, message_ref: str, now: datetime
+    ) -> tuple[str, etree._Element]:
         common: dict[str, Any] = {
             "reply_id": reply_id,
             "message_ref": message_ref,
@@ -139,21 +161,21 @@ class ReplyFactory:
                 for record in child.records
             ]
             access = [SimAccess(a.time, a.organisation, a.role, a.query_id) for a in child.access]
-            hl7 = build_query_response(nhs_number=child.nhs_number, records=records, access=access, **common)
-            return RESPONSE_INTERACTION, hl7
+            tree = query_response(nhs_number=child.nhs_number, records=records, access=access, **common)
+            return RESPONSE_INTERACTION, tree
         if isinstance(answer, QueryFailed):
-            hl7 = build_query_failed(
+            tree = query_failed(
                 issue_code=answer.code,
                 issue_display=answer.display,
                 response_code=answer.response_code,
                 qualifier=answer.qualifier,
                 **common,
             )
-            return QUERY_FAILED_INTERACTION, hl7
-        hl7 = build_app_acknowledgement(
+            return QUERY_FAILED_INTERACTION, tree
+        tree = app_acknowledgement(
             ack_type="AE", detail_code=answer.code, detail_display=answer.display, **common
         )
-        return APP_ACK_INTERACTION, hl7
+        return APP_ACK_INTERACTION, tree
 
 
 def _local_authority(dataset: Dataset, code: str) -> SimLocalAuthority:

@@ -6,6 +6,7 @@ shared by both cannot pass every test.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -38,7 +39,6 @@ XLINK_NS: Final = "http://www.w3.org/1999/xlink"
 XML_NS: Final = "http://www.w3.org/XML/1998/namespace"
 
 _NSMAP: Final = {"SOAP": SOAP_NS, "eb": EB_NS, "hl7ebxml": HL7EBXML_NS, "xlink": XLINK_NS}
-_NS: Final = {"SOAP": SOAP_NS, "eb": EB_NS}
 _XML_MEDIA_TYPES: Final = frozenset({"text/xml", "application/xml"})
 _DECLARATION: Final = b'<?xml version="1.0" encoding="UTF-8"?>'
 
@@ -78,6 +78,28 @@ def utc_timestamp(moment: datetime) -> str:
 def serialise(root: etree._Element) -> bytes:
     # A constant declaration: lxml's own is followed by a bare LF.
     return _DECLARATION + etree.tostring(root, encoding="UTF-8", xml_declaration=False)
+
+
+def _eb(path: str) -> str:
+    """A path of eb: elements in Clark notation: lxml caches it compiled, which a prefix map defeats."""
+    return "/".join(q(EB_NS, name) for name in path.split("/"))
+
+
+_MESSAGE_HEADER: Final = f"{q(SOAP_NS, 'Header')}/{q(EB_NS, 'MessageHeader')}"
+_HEADER_FIELDS: Final = {
+    "from_party": _eb("From/PartyId"),
+    "to_party": _eb("To/PartyId"),
+    "cpa_id": _eb("CPAId"),
+    "conversation_id": _eb("ConversationId"),
+    "service": _eb("Service"),
+    "action": _eb("Action"),
+    "message_id": _eb("MessageData/MessageId"),
+    "timestamp": _eb("MessageData/Timestamp"),
+    "ref_to_message_id": _eb("MessageData/RefToMessageId"),
+}
+
+
+_REFERENCES: Final = f"{q(SOAP_NS, 'Body')}/{_eb('Manifest/Reference')}"
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -141,12 +163,36 @@ def _manifest(body: etree._Element, payload_cid: str) -> None:
     el(reference, q(HL7EBXML_NS, "Payload"), style="HL7", encoding="XML", version="3.0")
 
 
+def _template() -> etree._Element:
+    """A reply envelope with every field present, built once: build_message copies it and fills it in."""
+    envelope, soap_header, soap_body = new_envelope()
+    add_message_header(soap_header, MessageHeader(**dict.fromkeys(_HEADER_FIELDS, "-")))
+    _manifest(soap_body, "-")
+    return envelope
+
+
+_TEMPLATE: Final = _template()
+
+
 def build_message(header: MessageHeader, hl7: bytes) -> tuple[dict[str, str], bytes]:
     """HTTP headers and multipart body of a reply: express route, so no SyncReply and no AckRequested (§4.1)."""
     payload_cid = f"{header.message_id}@{CONTENT_ID_DOMAIN}"
-    envelope, soap_header, soap_body = new_envelope()
-    add_message_header(soap_header, header)
-    _manifest(soap_body, payload_cid)
+    envelope = copy.deepcopy(_TEMPLATE)
+    fields = envelope.find(_MESSAGE_HEADER)
+    assert fields is not None
+    for name, path in _HEADER_FIELDS.items():
+        element = fields.find(path)
+        assert element is not None
+        value = getattr(header, name)
+        if value is None:
+            # Only RefToMessageId is optional; a message that answers nothing has none.
+            parent = element.getparent()
+            assert parent is not None
+            parent.remove(element)
+        else:
+            element.text = value
+    (reference,) = envelope.findall(_REFERENCES)
+    reference.set(q(XLINK_NS, "href"), f"cid:{payload_cid}")
     body = mime.build_related([(EBXML_CONTENT_ID, serialise(envelope)), (payload_cid, hl7)], BOUNDARY)
     return {"Content-Type": CONTENT_TYPE, "SOAPAction": f"{header.service}/{header.action}"}, body
 
@@ -155,10 +201,8 @@ def build_message(header: MessageHeader, hl7: bytes) -> tuple[dict[str, str], by
 
 
 def _text(parent: etree._Element, path: str) -> str:
-    element = parent.find(path, _NS)
-    if element is None:
-        return ""
-    return "".join(text for text in element.itertext() if isinstance(text, str)).strip()
+    # The header's fields are plain text elements; anything nested in them is not part of the value.
+    return (parent.findtext(path) or "").strip()
 
 
 def _envelope(data: bytes) -> etree._Element:
@@ -172,26 +216,27 @@ def _envelope(data: bytes) -> etree._Element:
 
 
 def _header(envelope: etree._Element) -> MessageHeader:
-    element = envelope.find("SOAP:Header/eb:MessageHeader", _NS)
+    element = envelope.find(_MESSAGE_HEADER)
     if element is None:
         raise EbxmlReadError("SOAP header without eb:MessageHeader")
     # Missing fields read as "", so that the server's checks, not this reader, decide how to answer.
+    field = {name: _text(element, path) for name, path in _HEADER_FIELDS.items()}
     return MessageHeader(
-        from_party=_text(element, "eb:From/eb:PartyId"),
-        to_party=_text(element, "eb:To/eb:PartyId"),
-        cpa_id=_text(element, "eb:CPAId"),
-        conversation_id=_text(element, "eb:ConversationId"),
-        service=_text(element, "eb:Service"),
-        action=_text(element, "eb:Action"),
-        message_id=_text(element, "eb:MessageData/eb:MessageId"),
-        timestamp=_text(element, "eb:MessageData/eb:Timestamp"),
-        ref_to_message_id=_text(element, "eb:MessageData/eb:RefToMessageId") or None,
+        from_party=field["from_party"],
+        to_party=field["to_party"],
+        cpa_id=field["cpa_id"],
+        conversation_id=field["conversation_id"],
+        service=field["service"],
+        action=field["action"],
+        message_id=field["message_id"],
+        timestamp=field["timestamp"],
+        ref_to_message_id=field["ref_to_message_id"] or None,
     )
 
 
 def _payload_cid(envelope: etree._Element) -> str | None:
     """The Content-Id the Manifest gives for the HL7 payload (any reference, when none is marked HL7)."""
-    references = envelope.findall("SOAP:Body/eb:Manifest/eb:Reference", _NS)
+    references = envelope.findall(_REFERENCES)
     marked = [
         ref
         for ref in references
@@ -240,7 +285,7 @@ def acknowledges(body: bytes, message_id: str) -> bool:
         root = parse_xml(body)
     except XmlError:
         return False
-    if root.find(".//eb:ErrorList", _NS) is not None:
+    if root.find(f".//{q(EB_NS, 'ErrorList')}") is not None:
         return False
-    refs = root.findall(".//eb:Acknowledgment/eb:RefToMessageId", _NS)
+    refs = root.findall(f".//{_eb('Acknowledgment/RefToMessageId')}")
     return any((ref.text or "").strip().upper() == message_id.upper() for ref in refs)

@@ -6,6 +6,7 @@ client's reader tolerates in its own output is still caught here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
@@ -13,6 +14,7 @@ from email.message import Message
 from email.parser import BytesParser
 
 _CRLF = b"\r\n"
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 # compat32 rather than policy.HTTP: the same framing rules, but plain-string headers instead of parsed header
 # objects, which makes reading a query about fifteen times cheaper (measured: 0.15 ms against 2.4 ms).
 _PARSER = BytesParser(policy=policy.compat32)
@@ -90,7 +92,7 @@ def _part(message: Message) -> MimePart:
 
 def read_related(content_type: str, body: bytes) -> Related:
     """The parts of a multipart/related body, given the HTTP Content-Type it came with."""
-    if any(ord(char) < 0x20 or ord(char) > 0x7E for char in content_type):
+    if not _PRINTABLE.fullmatch(content_type):
         raise MimeError("the Content-Type header is not one line of printable ASCII")
     message = _PARSER.parsebytes(b"Content-Type: " + content_type.encode("ascii") + b"\r\n\r\n" + body)
     if message.get_content_type() != "multipart/related":

@@ -6,7 +6,6 @@ scheduled-care flag, so that the notification detector sees exactly what was sen
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lxml import etree
@@ -30,22 +29,23 @@ class ParsedQuery:
     scheduled_care_flags: tuple[str, ...]
 
 
-def _local(element: etree._Element) -> str:
-    tag = element.tag
-    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
+def _any(*names: str) -> str:
+    """An ElementPath matching these child local names in any namespace or none ("{*}" is lxml's)."""
+    return "/".join(f"{{*}}{name}" for name in names)
 
 
-def _named(root: etree._Element, name: str) -> Iterator[etree._Element]:
-    """Descendants (and ``root`` itself) with this local name, in any namespace or none."""
-    return (node for node in root.iter() if _local(node) == name)
+# Matched by lxml in C: the reader runs once per query.
+_MESSAGE = _any(QUERY_INTERACTION)
+_QUERY = _any("cP-ISNHSQuery")
+_PARAMETERS = _any("queryByParameter")
+_ID = _any("id")
+_FLAG_VALUES = _any("accessEventType", "value")
+_NUMBER_VALUES = _any("person.NHSnumber", "value")
+_SENDER_IDS = _any("communicationFunctionSnd", "device", "id")
 
 
-def _path(element: etree._Element | None, *names: str) -> list[etree._Element]:
-    """Every element reached by a path of child local names, taking all matches at each step."""
-    found = [] if element is None else [element]
-    for name in names:
-        found = [child for parent in found for child in parent if _local(child) == name]
-    return found
+def _first(element: etree._Element | None, path: str) -> etree._Element | None:
+    return None if element is None else element.find(path)
 
 
 def _attr(element: etree._Element | None, name: str) -> str | None:
@@ -59,26 +59,26 @@ def parse_query(hl7: bytes) -> ParsedQuery:
         root = parse_xml(hl7)
     except XmlError as exc:
         raise QueryReadError(str(exc)) from None
-    message = root if _local(root) == QUERY_INTERACTION else next(_named(root, QUERY_INTERACTION), root)
-    query = next(_named(message, "cP-ISNHSQuery"), None)
-    every_parameters = list(_named(root, "queryByParameter"))
+    message = next(root.iter(_MESSAGE), root)
+    query = next(message.iter(_QUERY), None)
+    every_parameters = list(root.iter(_PARAMETERS))
     # The number is read from the query act only; a flag anywhere counts, so a stray copy is noticed.
-    query_parameters = every_parameters if query is None else list(_named(query, "queryByParameter"))
+    query_parameters = every_parameters if query is None else list(query.iter(_PARAMETERS))
     flags = tuple(
         value
         for parameters in every_parameters
-        for node in _path(parameters, "accessEventType", "value")
+        for node in parameters.findall(_FLAG_VALUES)
         if (value := node.get("value")) is not None
     )
     numbers = (
         number
         for parameters in query_parameters
-        for node in _path(parameters, "person.NHSnumber", "value")
+        for node in parameters.findall(_NUMBER_VALUES)
         if (number := _attr(node, "extension")) is not None
     )
     return ParsedQuery(
-        message_id=_attr(next(iter(_path(message, "id")), None), "root"),
-        query_id=_attr(next(iter(_path(query, "id")), None), "root"),
+        message_id=_attr(_first(message, _ID), "root"),
+        query_id=_attr(_first(query, _ID), "root"),
         nhs_number=next(numbers, None),
         sender_asid=_sender_asid(message),
         scheduled_care_flags=flags,
@@ -86,6 +86,6 @@ def parse_query(hl7: bytes) -> ParsedQuery:
 
 
 def _sender_asid(message: etree._Element) -> str | None:
-    ids = _path(message, "communicationFunctionSnd", "device", "id")
+    ids = message.findall(_SENDER_IDS)
     preferred = [node for node in ids if _attr(node, "root") == OID_ASID]
     return next((asid for node in (*preferred, *ids) if (asid := _attr(node, "extension"))), None)

@@ -5,15 +5,18 @@ the skeletons of cpis-messages §4.7 and §5 and validates against the CP-IS XSD
 exception documented on `SimPlan`.
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import ParamSpec
 
 from lxml import etree
 
 from spine_sim.hl7 import (
     ACK_VERSION_CODE,
     APP_ACK_INTERACTION,
+    HL7_NS,
     OID_ASID,
     OID_INTERACTION_ID,
     OID_JOB_ROLE_NHS_DATA,
@@ -31,6 +34,8 @@ from spine_sim.hl7 import (
     template_slot,
 )
 from spine_sim.ids import new_id
+
+_P = ParamSpec("_P")
 
 # nullFlavor for an open UCP end date: "not applicable", the plan has not ended.
 OPEN_END_NULL_FLAVOR = "NA"
@@ -88,7 +93,7 @@ class SimAccess:
     query_id: str
 
 
-def build_query_response(
+def query_response(
     *,
     reply_id: str,
     message_ref: str,
@@ -98,7 +103,7 @@ def build_query_response(
     now: datetime,
     records: Sequence[SimRecord],
     access: Sequence[SimAccess],
-) -> bytes:
+) -> etree._Element:
     """REPC_IN000007GB01 (`queryAck` OK).
 
     `message_ref` is accepted for a signature uniform with the other builders but not written:
@@ -121,10 +126,10 @@ def build_query_response(
         control = sub(sub(payload, "pertinentInformation14"), "pertinentCP-ISRecordControlAct")
         _record(sub(control, "record"), record, nhs_number)
     sub(sub(control_act, "queryAck"), "queryResponseCode", code="OK")
-    return serialise(root)
+    return root
 
 
-def build_query_failed(
+def query_failed(
     *,
     reply_id: str,
     message_ref: str,
@@ -135,7 +140,7 @@ def build_query_failed(
     issue_display: str,
     response_code: str = "ID",
     qualifier: str = "ER",
-) -> bytes:
+) -> etree._Element:
     """QUQI_IN010000UK14 with one detected issue."""
     root = _wrapper(QUERY_FAILED_INTERACTION, reply_id, ACK_VERSION_CODE, now)
     _acknowledgement(root, "AE", message_ref, None)
@@ -143,10 +148,10 @@ def build_query_failed(
     control_act = _control_act(root, spine_asid)
     _reason(control_act, issue_code, issue_display, qualifier)
     sub(sub(control_act, "queryAck"), "queryResponseCode", code=response_code)
-    return serialise(root)
+    return root
 
 
-def build_app_acknowledgement(
+def app_acknowledgement(
     *,
     reply_id: str,
     message_ref: str,
@@ -156,7 +161,7 @@ def build_app_acknowledgement(
     ack_type: str,
     detail_code: str,
     detail_display: str,
-) -> bytes:
+) -> etree._Element:
     """MCCI_IN010000UK13: the code both as acknowledgementDetail and as a detected issue, as Spine does."""
     detail_type = _ACK_TYPES.get(ack_type)
     if detail_type is None:
@@ -166,7 +171,56 @@ def build_app_acknowledgement(
     _communication_functions(root, client_asid, spine_asid)
     control_act = _control_act(root, spine_asid)
     _reason(control_act, detail_code, detail_display, detail_type)
-    return serialise(root)
+    return root
+
+
+def _as_bytes(build: Callable[_P, etree._Element]) -> Callable[_P, bytes]:
+    @functools.wraps(build)
+    def serialised(*args: _P.args, **kwargs: _P.kwargs) -> bytes:
+        return serialise(build(*args, **kwargs))
+
+    return serialised
+
+
+# The replies as bytes; the element-tree forms above are what the simulator copies as templates.
+build_query_response = _as_bytes(query_response)
+build_query_failed = _as_bytes(query_failed)
+build_app_acknowledgement = _as_bytes(app_acknowledgement)
+
+
+def _hl7_path(*names: str) -> str:
+    return "/".join(f"{{{HL7_NS}}}{name}" for name in names)
+
+
+_ID = _hl7_path("id")
+_CREATION_TIME = _hl7_path("creationTime")
+_MESSAGE_REF_ID = _hl7_path("acknowledgement", "messageRef", "id")
+_RESPONSE = _hl7_path("ControlActEvent", "subject", "CP-ISNHSQueryResponse")
+_RESPONSE_TIME = _hl7_path("effectiveTime")
+
+
+def restamp(root: etree._Element, *, reply_id: str, message_ref: str, now: datetime) -> etree._Element:
+    """Give a copy of a built reply the identity of a new one, in place: what a fresh build would differ in.
+
+    The wrapper id and creation time, the acknowledged message (QUQI, MCCI) and, in a query response, the
+    payload's time and id. Everything else depends only on the answer and the two ASIDs.
+    """
+    stamp = hl7_timestamp(now)
+    _set(root, _ID, "root", reply_id)
+    _set(root, _CREATION_TIME, "value", stamp)
+    if (ref := root.find(_MESSAGE_REF_ID)) is not None:
+        ref.set("root", message_ref)
+    if (payload := root.find(_RESPONSE)) is not None:
+        _set(payload, _RESPONSE_TIME, "value", stamp)
+        _set(payload, _ID, "root", new_id())
+    return root
+
+
+def _set(parent: etree._Element, path: str, name: str, value: str) -> None:
+    element = parent.find(path)
+    if element is None:
+        raise ValueError(f"not a reply this module built: no {path}")
+    element.set(name, value)
 
 
 def _wrapper(interaction: str, reply_id: str, version_code: str, now: datetime) -> etree._Element:
