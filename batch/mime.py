@@ -19,10 +19,16 @@ _CRLF = b"\r\n"
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 # RFC 2392 Content-Ids are addr-specs: printable ASCII, no spaces, no angle brackets.
 _CONTENT_ID = re.compile(r"[\x21-\x3B\x3D\x3F-\x7E]+")
+# An ebXML message has the header and one payload; a few more are tolerated, thousands are an attack.
+MAX_PARTS = 4
 
 
 class MimeError(ValueError):
     """A multipart body or one of its parts cannot be read."""
+
+
+class TooManyParts(MimeError):
+    """A multipart body with more parts than the reader accepts."""
 
 
 class ContentType(NamedTuple):
@@ -157,25 +163,74 @@ def _decode_transfer(headers: dict[str, str], content: bytes) -> bytes:
     raise MimeError("MIME part with an unsupported Content-Transfer-Encoding")
 
 
-def split_multipart(body: bytes, boundary: str) -> list[MimePart]:
-    """The parts of a multipart body of any subtype, in order; preamble and epilogue are ignored."""
+def _delimiters(body: bytes, marker: bytes, max_parts: int) -> list[tuple[int, int, bool]]:
+    """(start, end, closing) of each delimiter line, up to the closing one; at most max_parts + 1 of them.
+
+    A delimiter starts a line (its preceding line end belongs to it), is `--` and the boundary, then `--` when
+    it closes, optional blanks and a line end or the end of the body (RFC 2046 §5.1.1, read tolerantly).
+    """
+    needle = b"--" + marker
+    size = len(body)
+    found: list[tuple[int, int, bool]] = []
+    last_end = 0
+    position = body.find(needle)
+    while position >= 0:
+        start = -1
+        if position == 0:
+            start = 0
+        elif body[position - 1] == 0x0A and position - 1 >= last_end:
+            start = (
+                position - 2
+                if position >= 2 and body[position - 2] == 0x0D and position - 2 >= last_end
+                else position - 1
+            )
+        end = position + len(needle)
+        closing = body.startswith(b"--", end)
+        if closing:
+            end += 2
+        while end < size and body[end] in (0x20, 0x09):
+            end += 1
+        if end < size:
+            if body[end] == 0x0A:
+                end += 1
+            elif body[end] == 0x0D and end + 1 < size and body[end + 1] == 0x0A:
+                end += 2
+            else:
+                start = -1
+        if start < 0:
+            position = body.find(needle, position + 1)
+            continue
+        found.append((start, end, closing))
+        if closing:
+            break
+        if len(found) > max_parts:
+            raise TooManyParts(f"multipart body with more than {max_parts} parts")
+        last_end = end
+        position = body.find(needle, end)
+    return found
+
+
+def split_multipart(body: bytes, boundary: str, *, max_parts: int = MAX_PARTS) -> list[MimePart]:
+    """The parts of a multipart body of any subtype, in order; preamble and epilogue are ignored.
+
+    A body with more than `max_parts` parts is refused as soon as the delimiter after the last allowed part
+    is found, before any part is read.
+    """
     try:
         marker = boundary.encode("ascii")
     except UnicodeEncodeError:
         raise MimeError("MIME boundary is not ASCII") from None
-    # A delimiter starts a line (its preceding line end belongs to it) and may carry trailing blanks.
-    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(marker) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
-    matches = list(delimiter.finditer(body))
+    delimiters = _delimiters(body, marker, max_parts)
     parts: list[MimePart] = []
     closed = False
-    for current, following in itertools.pairwise(matches):
-        if current.group(1):
+    for current, following in itertools.pairwise(delimiters):
+        if current[2]:
             closed = True
             break
-        header_block, content = _split_headers(body[current.end() : following.start()])
+        header_block, content = _split_headers(body[current[1] : following[0]])
         headers = _parse_part_headers(header_block)
         parts.append(MimePart(headers, _decode_transfer(headers, content)))
-        if following.group(1):
+        if following[2]:
             closed = True
             break
     if not parts or not closed:
@@ -183,14 +238,14 @@ def split_multipart(body: bytes, boundary: str) -> list[MimePart]:
     return parts
 
 
-def parse_related(content_type: ContentType, body: bytes) -> list[MimePart]:
-    """The parts of a multipart/related body; root_part picks the root among them."""
+def parse_related(content_type: ContentType, body: bytes, *, max_parts: int = MAX_PARTS) -> list[MimePart]:
+    """The parts of a multipart/related body (at most `max_parts`); root_part picks the root among them."""
     if content_type.media_type != "multipart/related":
         raise MimeError("Content-Type is not multipart/related")
     boundary = content_type.params.get("boundary")
     if not boundary:
         raise MimeError("multipart/related without a boundary")
-    return split_multipart(body, boundary)
+    return split_multipart(body, boundary, max_parts=max_parts)
 
 
 def root_part(parts: Sequence[MimePart], start: str | None) -> MimePart:

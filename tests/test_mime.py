@@ -1,13 +1,19 @@
 """multipart/related framing: strict building, tolerant reading, Content-Type parameters and root selection."""
 
 import base64
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batch.mime import (
+    MAX_PARTS,
     ContentType,
     MimeError,
     MimePart,
+    TooManyParts,
+    _delimiters,
     build_related,
     contains_delimiter,
     normalise_content_id,
@@ -231,6 +237,62 @@ def test_identity_encodings_leave_content_alone(encoding: str) -> None:
 def test_unreadable_multipart_bodies_raise(body: bytes, reason: str) -> None:
     with pytest.raises(MimeError, match=reason):
         split_multipart(body, BOUNDARY)
+
+
+def _regex_delimiters(body: bytes, boundary: str) -> list[tuple[int, int, bool]]:
+    """The delimiter rule as the regular expression it replaced: the oracle for the bytes.find scanner."""
+    pattern = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary.encode()) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
+    found = []
+    for match in pattern.finditer(body):
+        found.append((match.start(), match.end(), bool(match.group(1))))
+        if match.group(1):
+            break
+    return found
+
+
+_PIECES = st.sampled_from(
+    [b"----=_MIME-Boundary", b"--", b"-", b"\r\n", b"\n", b"\r", b" ", b"\t", b"x", b"<a/>", b"H: v\r\n\r\n"]
+)
+
+
+@given(st.lists(_PIECES, max_size=30).map(b"".join))
+def test_delimiters_are_found_as_the_regular_expression_found_them(body: bytes) -> None:
+    expected = _regex_delimiters(body, BOUNDARY)
+    try:
+        found = _delimiters(body, BOUNDARY.encode(), max_parts=1000)
+    except MimeError:
+        pytest.fail("no part cap was reached")
+    assert found == expected
+
+
+def _many_parts(count: int, *, bad_first_header: bool = False) -> bytes:
+    first = b"----=_MIME-Boundary\r\nnot a header\r\n\r\n<a/>\r\n" if bad_first_header else b""
+    rest = b"".join(_part(f"p{i}@x", b"") for i in range(count - (1 if bad_first_header else 0)))
+    return _multipart(first + rest)
+
+
+def test_up_to_the_part_cap_is_read() -> None:
+    assert len(split_multipart(_many_parts(MAX_PARTS), BOUNDARY)) == MAX_PARTS
+
+
+@pytest.mark.parametrize("count", [MAX_PARTS + 1, 10_000])
+def test_more_parts_than_the_cap_are_refused(count: int) -> None:
+    with pytest.raises(TooManyParts, match=f"more than {MAX_PARTS} parts"):
+        split_multipart(_many_parts(count), BOUNDARY)
+    with pytest.raises(MimeError, match=f"more than {MAX_PARTS} parts"):
+        parse_related(RELATED, _many_parts(count))
+
+
+def test_the_part_cap_is_checked_before_any_part_is_read() -> None:
+    # The first part's header is unreadable, but the cap refuses the body before any part header is parsed.
+    with pytest.raises(MimeError, match="more than"):
+        split_multipart(_many_parts(MAX_PARTS + 1, bad_first_header=True), BOUNDARY)
+    with pytest.raises(MimeError, match="header line"):
+        split_multipart(_many_parts(MAX_PARTS, bad_first_header=True), BOUNDARY)
+
+
+def test_the_cap_can_be_raised_by_the_caller() -> None:
+    assert len(split_multipart(_many_parts(10), BOUNDARY, max_parts=10)) == 10
 
 
 def test_a_non_ascii_boundary_cannot_be_read() -> None:
