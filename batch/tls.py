@@ -1,6 +1,7 @@
-"""The outbound mutual-TLS context, one per process, and certificate expiry checks (ebxml-transport.md §5).
+"""The mutual-TLS contexts, one of each per process, and certificate expiry checks (ebxml-transport.md §5).
 
-The inbound leg's TLS is set up by batch.inbound (Hypercorn) from the same files.
+Both legs use the same certificate, key and CA bundle, TLS 1.2 or later, and the same explicit cipher list:
+TLS 1.2 only with ECDHE key exchange and AES-GCM, and TLS 1.3 with OpenSSL's TLS 1.3 suites (all AEAD).
 """
 
 import ssl
@@ -47,6 +48,17 @@ def _check_key(path: Path) -> None:
         raise TlsConfigError(f"TLS key file {path}: no PEM private key could be read") from None
 
 
+# TLS 1.2 suites (forward secrecy and AEAD only); TLS 1.3 suites are configured apart and are all AEAD.
+CIPHERS = ":".join(
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+    )
+)
+
+
 def _no_password() -> bytes:
     raise TlsConfigError("TLS key needs a password, which is not supported")
 
@@ -74,9 +86,29 @@ def client_context(cert: Path, key: Path, ca: Path, *, check_hostname: bool = Tr
     """Outbound leg: present our certificate, trust only the given CA bundle, TLS 1.2 or later."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
     # No hostname check only for a test environment reached by IP; the chain is always verified.
     context.check_hostname = check_hostname
     context.verify_mode = ssl.CERT_REQUIRED
+    _load_identity(context, cert, key)
+    _load_trust(context, ca)
+    return context
+
+
+def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """Inbound leg: serve our certificate and require a client certificate issued under the CA bundle.
+
+    Which of the CA's certificates may post is batch.peers' decision, after the handshake. No session
+    tickets: Spine opens a new connection per reply and does not resume, so tickets cost every handshake
+    work (and a write) that nothing uses. HTTP/1.1 is the only protocol offered by ALPN.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(CIPHERS)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.options |= ssl.OP_NO_TICKET | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.num_tickets = 0
+    context.set_alpn_protocols(["http/1.1"])
     _load_identity(context, cert, key)
     _load_trust(context, ca)
     return context

@@ -17,7 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from batch.pki import DevPki, make_dev_pki, make_untrusted_client
-from batch.tls import TlsConfigError, client_context, days_until_expiry, expiry_warning
+from batch.tls import (
+    CIPHERS,
+    TlsConfigError,
+    client_context,
+    days_until_expiry,
+    expiry_warning,
+    server_context,
+)
 from spine_sim import tls as sim_tls
 
 # Guards against a hang if a handshake never completes; not a timing assertion.
@@ -221,6 +228,80 @@ def test_contexts_require_tls12_and_certificates(pki: DevPki) -> None:
         assert context.minimum_version == ssl.TLSVersion.TLSv1_2
         assert context.verify_mode == ssl.CERT_REQUIRED
     assert client.check_hostname
+
+
+# --- our server context and the cipher list -------------------------------------------------------------
+
+TLS12_SUITES = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+}
+
+
+def _suites(context: ssl.SSLContext) -> tuple[set[str], set[str]]:
+    """(TLS 1.2 suites, TLS 1.3 suites) the context would offer."""
+    offered = context.get_ciphers()
+    tls13 = {c["name"] for c in offered if c["protocol"] == "TLSv1.3"}
+    return {c["name"] for c in offered} - tls13, tls13
+
+
+def test_both_legs_offer_only_ecdhe_aes_gcm_on_tls12_and_tls13(pki: DevPki) -> None:
+    assert set(CIPHERS.split(":")) == TLS12_SUITES
+    for context in (
+        client_context(pki.client_cert, pki.client_key, pki.ca_cert),
+        server_context(pki.client_cert, pki.client_key, pki.ca_cert),
+    ):
+        tls12, tls13 = _suites(context)
+        assert tls12 == TLS12_SUITES
+        assert tls13 and all(name.startswith("TLS_") for name in tls13)
+
+
+def test_the_server_context_requires_a_client_certificate_and_issues_no_tickets(pki: DevPki) -> None:
+    server = server_context(pki.client_cert, pki.client_key, pki.ca_cert)
+    assert server.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert server.verify_mode == ssl.CERT_REQUIRED
+    assert server.options & ssl.OP_NO_TICKET
+    assert server.num_tickets == 0
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_our_server_context_serves_our_client_context(pki: DevPki, version: ssl.TLSVersion) -> None:
+    client = client_context(pki.spine_cert, pki.spine_key, pki.ca_cert)
+    client.maximum_version = version
+    async with _echo_server(server_context(pki.client_cert, pki.client_key, pki.ca_cert)) as server:
+        assert await _exchange(server.port, client) == b"ping"
+    assert server.peer_subjects == ["spine-sim"]
+
+
+async def test_the_server_refuses_a_tls12_client_without_forward_secrecy(pki: DevPki) -> None:
+    client = client_context(pki.spine_cert, pki.spine_key, pki.ca_cert)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.set_ciphers("AES128-GCM-SHA256")  # RSA key exchange: no forward secrecy
+    async with _echo_server(server_context(pki.client_cert, pki.client_key, pki.ca_cert)) as server:
+        with pytest.raises(REFUSED):
+            await _exchange(server.port, client)
+
+
+async def test_the_server_sends_no_session_ticket(pki: DevPki) -> None:
+    client = client_context(pki.spine_cert, pki.spine_key, pki.ca_cert)
+    async with _echo_server(server_context(pki.client_cert, pki.client_key, pki.ca_cert)) as server:
+        async with asyncio.timeout(SAFETY_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client)
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            ssl_object = writer.get_extra_info("ssl_object")
+            # A TLS 1.3 ticket would have arrived before the echo; without one the session cannot resume.
+            assert ssl_object.version() == "TLSv1.3"
+            session = ssl_object.session
+            assert session is None or not session.has_ticket
+            writer.close()
+
+
+def test_the_server_context_names_missing_files(tmp_path: Path, pki: DevPki) -> None:
+    with pytest.raises(TlsConfigError, match=r"absent\.pem"):
+        server_context(pki.client_cert, pki.client_key, tmp_path / "absent.pem")
 
 
 # --- configuration errors ---------------------------------------------------------------------------------
