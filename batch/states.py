@@ -82,6 +82,8 @@ class Disposition(StrEnum):
     """Names a different child from the attempt it refers to; never reported."""
     UNPARSEABLE = "unparseable"
     """Its HL7 part could not be read."""
+    REJECTED = "rejected"
+    """Its ebXML header failed a check (not Spine's party or CPA, not for us): answered with a MessageError."""
     DUPLICATE = "duplicate"
     """Its ebXML MessageId was seen before: acknowledged again, not stored again."""
 

@@ -111,7 +111,10 @@ class InboundRecord:
     conversation_id: str | None
     from_party: str | None
     raw: bytes
+    """The body as received, or its first bytes when `raw_size` is larger (orphans and rejected messages)."""
     ack: bytes
+    raw_size: int | None = None
+    """The body's size as received; None: `len(raw)`."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from batch.states import (
     check_constraint,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Stored inbound rows; a duplicate is answered but never stored a second time.
 STORED_DISPOSITIONS = tuple(d for d in Disposition if d is not Disposition.DUPLICATE)
@@ -207,8 +207,43 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    """Inbound messages may be `rejected`, and record the size they arrived with.
+
+    A rejected message (an ebXML header from a party or CPA other than Spine's, or not for us) is stored,
+    keyed by the MessageError we answered it with. Orphans and rejected messages are stored truncated, so
+    `raw_size` keeps the size as received (earlier rows were stored whole: their size is that of `raw`).
+    """
+    conn.execute("DROP INDEX inbound_run")
+    _rebuild(
+        conn,
+        "inbound",
+        f"""
+        CREATE TABLE inbound_new (
+            message_id TEXT PRIMARY KEY,
+            received_at TEXT NOT NULL,
+            action TEXT,
+            ref_to_message_id TEXT,
+            conversation_id TEXT,
+            from_party TEXT,
+            attempt_message_id TEXT,
+            run_id TEXT,
+            disposition TEXT NOT NULL {check_constraint("disposition", STORED_DISPOSITIONS)},
+            detail TEXT,
+            raw BLOB NOT NULL,
+            ack BLOB NOT NULL,
+            raw_size INTEGER NOT NULL
+        )""",
+        """
+        SELECT message_id, received_at, action, ref_to_message_id, conversation_id, from_party,
+               attempt_message_id, run_id, disposition, detail, raw, ack, length(raw)
+        FROM inbound""",
+        ("CREATE INDEX inbound_run ON inbound (run_id)",),
+    )
+
+
 # MIGRATIONS[n] takes a version-n file to version n + 1; a new file is version 0.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _v0_to_v1, 1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _v0_to_v1, 1: _v1_to_v2, 2: _v2_to_v3}
 
 
 class SchemaError(Exception):

@@ -331,8 +331,8 @@ class Store:
                 )
             conn.execute(
                 "INSERT INTO inbound (message_id, received_at, action, ref_to_message_id, conversation_id,"
-                " from_party, attempt_message_id, run_id, disposition, detail, raw, ack)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " from_party, attempt_message_id, run_id, disposition, detail, raw, ack, raw_size)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_id,
                     utcnow(),
@@ -346,6 +346,7 @@ class Store:
                     detail,
                     record.raw,
                     record.ack,
+                    len(record.raw) if record.raw_size is None else record.raw_size,
                 ),
             )
             return StoredInbound(final, record.ack)
