@@ -101,10 +101,12 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _certs(directory: Path, force: bool) -> int:
-    from batch.pki import make_dev_pki
+    from batch.pki import make_dev_pki, spine_allowed_peer
 
     pki = make_dev_pki(directory, overwrite=force)
     print(f"development PKI in {pki.directory}")
+    # For the job file: only the simulated Spine's certificate may then post replies.
+    print(f'[inbound] allowed_peers = ["{spine_allowed_peer(pki)}"]')
     return EXIT_OK
 
 

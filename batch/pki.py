@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from batch.peers import spki_pin
+
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SPINE_CERT, SPINE_KEY = "spine.pem", "spine.key"
 CLIENT_CERT, CLIENT_KEY = "cpis-batch.pem", "cpis-batch.key"
@@ -255,6 +257,11 @@ def make_dev_pki(
     _write_pair(pki.spine_cert, pki.spine_key, spine_cert, spine_key)
     _write_pair(pki.client_cert, pki.client_key, client_cert, client_key)
     return pki
+
+
+def spine_allowed_peer(pki: DevPki) -> str:
+    """The `[inbound] allowed_peers` entry that lets the development Spine (and nothing else) post replies."""
+    return spki_pin(x509.load_pem_x509_certificate(pki.spine_cert.read_bytes()))
 
 
 def make_untrusted_client(directory: Path) -> tuple[Path, Path]:

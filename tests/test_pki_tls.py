@@ -4,6 +4,7 @@ import asyncio
 import ipaddress
 import ssl
 import stat
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -119,6 +120,26 @@ def test_untrusted_client_is_not_issued_by_the_dev_ca(tmp_path: Path, pki: DevPk
     cert_path, key_path = make_untrusted_client(tmp_path)
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert _cert(cert_path).issuer != _cert(pki.ca_cert).subject
+
+
+def test_certs_prints_the_allowed_peers_entry_for_the_dev_spine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batch.cli import main
+    from batch.peers import PeerPolicy, spki_pin
+
+    assert main(["certs", str(tmp_path / "pki")]) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    table, _, assignment = line.partition(" ")
+    assert table == "[inbound]"
+    entries = tomllib.loads(assignment)["allowed_peers"]
+    spine = _cert(tmp_path / "pki" / "spine.pem")
+    assert entries == [spki_pin(spine)]
+    policy = PeerPolicy.from_config(tuple(entries))
+    assert policy.allows(spine.public_bytes(serialization.Encoding.DER))
+    assert not policy.allows(
+        _cert(tmp_path / "pki" / "cpis-batch.pem").public_bytes(serialization.Encoding.DER)
+    )
 
 
 # --- real handshakes --------------------------------------------------------------------------------------
