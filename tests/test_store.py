@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
 import pytest
 
+from batch.files import UnsafePathError
 from batch.ids import new_id
 from batch.states import AttemptStatus, Disposition, Outcome, RunStatus
 from batch.store import (
@@ -355,3 +356,37 @@ async def test_a_database_of_something_else_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no cpis-batch schema version"):
         async with Store.open(path):
             pass
+
+
+async def test_purge_drops_old_raw_messages_and_keeps_outcomes_and_audit(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    async with Store.open(path) as store:
+        run_id = await _new_run(store)
+        ref = _ref(run_id, NHS_A)
+        await store.record_attempt(ref, 1, SENT)
+        await _answer(store, ref, Resolution(Outcome.NOT_FLAGGED))
+        await store.store_inbound(
+            _inbound(None), attempt=None, disposition=Disposition.ORPHAN, detail=None, resolution=None
+        )
+        now = datetime.now(UTC)
+        # Runs and messages newer than the cutoff keep their raw messages.
+        assert await store.purge_raw(now - timedelta(hours=1)) == 0
+        assert await store.purge_raw(now + timedelta(hours=1)) == 2
+        assert await store.purge_raw(now + timedelta(hours=1)) == 0  # nothing left to drop
+        outcomes = {o.nhs_number: o.outcome for o in await store.outcomes(run_id)}
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT length(raw), raw_size FROM inbound").fetchall() == [(0, 3), (0, 3)]
+    assert outcomes[NHS_A] is Outcome.NOT_FLAGGED
+    audit = [d.split()[0] for (d,) in conn.execute("SELECT detail FROM audit WHERE event = 'raw_purged'")]
+    assert audit == ["messages=0", "messages=2", "messages=0"]
+
+
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+async def test_a_symlinked_state_file_is_refused(tmp_path: Path, suffix: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / f"state.sqlite{suffix}").symlink_to(victim)
+    with pytest.raises(UnsafePathError, match="is a symbolic link"):
+        async with Store.open(tmp_path / "state.sqlite"):
+            pass
+    assert victim.read_bytes() == b"precious"

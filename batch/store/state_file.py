@@ -17,6 +17,7 @@ from typing import TypeVar
 import aiosqlite
 import anyio
 
+from batch.files import check_not_link
 from batch.states import AttemptStatus, Disposition, Outcome, RunStatus
 from batch.store.records import (
     AttemptRef,
@@ -58,6 +59,9 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         # cut may be lost, which the reply timeout and re-query already recover.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Patient data that is deleted or overwritten (purged raw replies) is zeroed in the file, not left in
+        # free pages.
+        conn.execute("PRAGMA secure_delete=ON")
         prepare(conn)
         conn.execute("PRAGMA foreign_keys=ON")
     except BaseException:
@@ -76,9 +80,18 @@ class Store:
     @classmethod
     @asynccontextmanager
     async def open(cls, path: Path) -> AsyncIterator[Store]:
-        """Open (creating or migrating) the state file. Raises StoreError naming the file."""
+        """Open (creating or migrating) the state file in its existing folder.
+
+        Raises StoreError naming the file, or UnsafePathError when the file or SQLite's files beside it are
+        symlinks (SQLite would follow them) or not ours.
+        """
+        for suffix, what in (
+            ("", "state file"),
+            ("-wal", "state WAL file"),
+            ("-shm", "state shared-memory file"),
+        ):
+            check_not_link(path.with_name(path.name + suffix), what)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             conn = await anyio.to_thread.run_sync(_open_writer, path)
         except SchemaError as exc:
             raise StoreError(f"{path}: not a usable state database ({exc})") from None
@@ -350,6 +363,25 @@ class Store:
                 ),
             )
             return StoredInbound(final, record.ack)
+
+        return await self._write(fn)
+
+    # -- retention -----------------------------------------------------------------------------------------
+
+    async def purge_raw(self, older_than: datetime) -> int:
+        """Drop the raw messages of runs started before `older_than` (and of unmatched messages received
+        before it); outcomes, attempts and audit rows stay. Writes one audit row with the count; returns it."""
+        cutoff = older_than.astimezone(UTC).isoformat(timespec="milliseconds")
+
+        def fn(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "UPDATE inbound SET raw = x'' WHERE length(raw) > 0 AND ("
+                " run_id IN (SELECT run_id FROM runs WHERE started_at < ?)"
+                " OR (run_id IS NULL AND received_at < ?))",
+                (cutoff, cutoff),
+            )
+            _audit(conn, None, "raw_purged", None, f"messages={cursor.rowcount} before={cutoff}")
+            return cursor.rowcount
 
         return await self._write(fn)
 
