@@ -24,12 +24,14 @@ from batch.ids import new_id
 from batch.inbound import InboundApp, bind_socket, serve_inbound
 from batch.logs import run_id_var
 from batch.outbound import QueryBuilder
+from batch.peers import PeerPolicy, PeerPolicyError
 from batch.pipeline import Progress, QueryPipeline
 from batch.ratelimit import SlidingWindowLimiter
 from batch.reports import ReportFrames, ReportPaths, build_reports, write_reports
 from batch.states import RunStatus
 from batch.store import Run, Store
 from batch.summary import RunSummary, ThisProcess
+from batch.tls import TlsConfigError, server_context
 from batch.transport import SpineTransport
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class _Sending:
 
     progress: Progress
     inbound: dict[str, int]
+    inbound_refused: dict[str, int]
     breaker_open: bool
     concurrency_peak: int
 
@@ -130,16 +133,29 @@ async def _send_and_await(
         processor = ReplyProcessor(
             store,
             our_party_key=cfg.sender_party_key,
+            spine_party_key=cfg.spine.party_key,
+            spine_cpa_id=cfg.spine.cpa_id,
             not_found_codes=cfg.not_found_codes,
             on_resolved=pipeline.on_resolved,
-            spine_party_key=cfg.spine.party_key,
         )
+        app = InboundApp(processor, cfg.inbound.path)
+        try:
+            server_tls = server_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca)
+            peers = PeerPolicy.from_config(cfg.inbound.allowed_peers)
+        except (TlsConfigError, PeerPolicyError) as exc:
+            raise StartupError(str(exc)) from None
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(serve_inbound, InboundApp(processor, cfg.inbound.path), sock, cfg.tls, stop)
+            tg.start_soon(serve_inbound, app, sock, server_tls, peers, stop)
             await pipeline.run(pending)
             stop.set()
-    return _Sending(pipeline.progress, dict(processor.counts), pipeline.breaker_open, concurrency.peak)
+    return _Sending(
+        pipeline.progress,
+        dict(processor.counts),
+        dict(app.refusals.counts),
+        pipeline.breaker_open,
+        concurrency.peak,
+    )
 
 
 async def _finalise(
@@ -230,6 +246,7 @@ def _summary(
             not_sent=progress.not_sent,
             reply_timeouts=progress.timeouts,
             inbound=sending.inbound,
+            inbound_refused=sending.inbound_refused,
             post_concurrency_peak=sending.concurrency_peak,
             commit_groups=commit_groups,
         ),

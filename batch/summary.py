@@ -16,6 +16,9 @@ class ThisProcess:
     not_sent: int
     reply_timeouts: int
     inbound: dict[str, int] = field(default_factory=dict)
+    """Inbound messages by how they were filed (`orphan`, `rejected`, ...) or why they were not stored."""
+    inbound_refused: dict[str, int] = field(default_factory=dict)
+    """Connections and requests the reply endpoint refused, by reason (`peer_not_allowed`, `too_large`, ...)."""
     post_concurrency_peak: int = 0
     commit_groups: int = 0
 

@@ -1,92 +1,35 @@
-"""Our HTTPS endpoint for Spine's asynchronous replies: an ASGI app served by Hypercorn with mutual TLS."""
+"""Our HTTPS endpoint for Spine's asynchronous replies: mutual TLS, an allow-list of peers, bounded requests.
+
+`serve_inbound` runs `InboundApp` (the ASGI app: one POST path, then the reply workflow) behind
+`InboundServer` (batch.inbound.server: TLS, the peer check, limits, uvicorn's HTTP/1.1).
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 import anyio
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+import anyio.abc
 
-from batch.config import InboundConfig, TlsPaths
-from batch.correlate import HttpAnswer, ReplyProcessor
+from batch.config import InboundConfig
+from batch.inbound.app import InboundApp
+from batch.inbound.limits import InboundLimits, Refusal, Refusals
+from batch.inbound.server import InboundServer
+from batch.peers import PeerPolicy
+
+__all__ = [
+    "InboundApp",
+    "InboundLimits",
+    "InboundServer",
+    "Refusal",
+    "Refusals",
+    "bind_socket",
+    "serve_inbound",
+]
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-MAX_BODY_BYTES = 16 << 20  # CP-IS replies are kilobytes; anything near this is not a reply
-
-
-class InboundApp:
-    """Accepts POSTs on the configured path and hands them to the reply processor."""
-
-    def __init__(self, processor: ReplyProcessor, path: str) -> None:
-        self._processor = processor
-        self._path = path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        if scope["path"] != self._path:
-            await _respond(send, HttpAnswer(404, "text/plain; charset=UTF-8", b"not found\n"))
-            return
-        if scope["method"] != "POST":
-            await _respond(send, HttpAnswer(405, "text/plain; charset=UTF-8", b"POST only\n"))
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body.extend(message.get("body", b""))
-            if len(body) > MAX_BODY_BYTES:
-                await _respond(send, HttpAnswer(413, "text/plain; charset=UTF-8", b"too large\n"))
-                return
-            if not message.get("more_body"):
-                break
-        answer = await self._processor.handle(
-            headers.get("content-type", ""), headers.get("soapaction"), bytes(body)
-        )
-        await _respond(send, answer)
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-
-
-async def _respond(send: Send, answer: HttpAnswer) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": answer.status,
-            "headers": [
-                (b"content-type", answer.content_type.encode("latin-1")),
-                (b"content-length", str(len(answer.body)).encode("ascii")),
-                # One reply per connection, as Spine sends them. An idle kept-alive TLS connection would
-                # hold shutdown for asyncio's 30 s close_notify wait when the peer never reads again.
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": answer.body})
 
 
 def bind_socket(inbound: InboundConfig) -> socket.socket:
@@ -103,24 +46,23 @@ def bind_socket(inbound: InboundConfig) -> socket.socket:
     return sock
 
 
-def hypercorn_config(fd: int, tls: TlsPaths) -> Config:
-    config = Config()
-    config.bind = [f"fd://{fd}"]
-    config.certfile = str(tls.cert)
-    config.keyfile = str(tls.key)
-    config.ca_certs = str(tls.ca)
-    # Spine must present a certificate from the configured CA (ebxml-transport §5).
-    config.verify_mode = ssl.VerifyMode.CERT_REQUIRED
-    config.accesslog = None
-    config.errorlog = logging.getLogger("batch.inbound.server")
-    config.graceful_timeout = 5.0
-    config.keep_alive_timeout = 30.0
-    config.alpn_protocols = ["http/1.1"]
-    return config
-
-
-async def serve_inbound(app: InboundApp, sock: socket.socket, tls: TlsPaths, stop: anyio.Event) -> None:
-    """Serve on an already listening socket until `stop` is set."""
-    # Hypercorn wraps the descriptor in its own socket object and closes it on shutdown.
-    config = hypercorn_config(sock.detach(), tls)
-    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+async def serve_inbound(
+    app: InboundApp,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext,
+    peers: PeerPolicy,
+    stop: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[InboundServer] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve on an already listening socket until `stop` is set; the socket is closed on the way out."""
+    if peers.any_from_ca:
+        log.warning(
+            "inbound.allowed_peers is not set: any certificate issued by the CA may post replies"
+            " (acceptable only against the simulated Spine)"
+        )
+    server = InboundServer(
+        app, ssl_context=ssl_context, peers=peers, limits=app.limits, refusals=app.refusals
+    )
+    task_status.started(server)
+    await server.serve(sock, stop)
