@@ -341,13 +341,14 @@ async def test_the_server_offers_only_http_1_1(ca: InboundCa, tmp_path: Path) ->
         await stream.aclose()
 
 
-@pytest.mark.parametrize("what", ["body", "head"])
+@pytest.mark.parametrize("what", ["body", "head", "nothing"])
 async def test_a_slow_request_is_cut_off(ca: InboundCa, tmp_path: Path, what: str) -> None:
-    async with serving(tmp_path, ca, limits=InboundLimits(request_timeout_s=1.0)) as endpoint:
+    limits = InboundLimits(request_timeout_s=1.0, keep_alive_s=1)
+    async with serving(tmp_path, ca, limits=limits) as endpoint:
         stream = await connect_tls(endpoint.port, client_tls(ca, ca.spine))
         if what == "body":
             await stream.send(request_head(100) + b"x")
-        else:
+        elif what == "head":
             await stream.send(request_head(100)[:40])
         assert await closed_by_peer(stream) == b""
         assert endpoint.app.refusals.counts == {"request_timeout": 1}

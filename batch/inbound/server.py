@@ -133,6 +133,8 @@ class Connection(asyncio.Protocol):
             self._server.refuse(Refusal.TOO_MANY_CONNECTIONS)
         self._http = self._server.http_protocol(self)
         self._http.connection_made(_CoalescingTransport(self._transport))
+        # The first request must begin within the keep-alive time (uvicorn times out only between requests).
+        self._deadline = asyncio.get_running_loop().call_later(self._limits.keep_alive_s, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         http = self._http
@@ -140,6 +142,7 @@ class Connection(asyncio.Protocol):
             return
         if self._first_data:
             self._first_data = False
+            self._stop_deadline()
             if data.startswith(_HTTP2_PREFACE[: len(data)]) and len(data) >= 3:
                 self._refuse(Refusal.HTTP2)
                 return
