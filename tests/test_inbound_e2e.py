@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sqlite3
 import subprocess
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ import pytest
 
 from batch.correlate import SIDE_RAW_LIMIT
 from batch.nhs_number import validate
+from spine_sim.arrivals import Arrival
 from spine_sim.dataset import RecordsFound, load_dataset
 from spine_sim.process import SimProcess, running_sim
 from spine_sim.replies import build_query_failed
@@ -86,8 +88,18 @@ class Attack:
 
 
 async def _attack(ca: InboundCa, sim: SimProcess, port: int, children: int, attack: Attack) -> None:
-    url = f"https://127.0.0.1:{port}/cpis/replies"
     arrivals = await anyio.to_thread.run_sync(sim.wait_for_arrivals, children, ARRIVAL_WAIT_S)
+    # Spine is held still while the attack runs: no genuine reply can come, so the run cannot end before
+    # the attack has (and the forged answers come first).
+    sim.process.send_signal(signal.SIGSTOP)
+    try:
+        await _flood(ca, arrivals, port, attack)
+    finally:
+        sim.process.send_signal(signal.SIGCONT)
+
+
+async def _flood(ca: InboundCa, arrivals: list[Arrival], port: int, attack: Attack) -> None:
+    url = f"https://127.0.0.1:{port}/cpis/replies"
     # 300 connections that never start TLS.
     attack.idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(300)]
     # A certificate from the same CA, not Spine's: a forged "no record" for every query, before Spine answers.
