@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -19,7 +18,9 @@ import polars as pl
 from batch.concurrency import PostConcurrency
 from batch.config import JobConfig
 from batch.correlate import ReplyProcessor
+from batch.exits import Exit
 from batch.failpoints import failpoint
+from batch.files import Privacy, point_link, private_dir
 from batch.ids import new_id
 from batch.inbound import InboundApp, bind_socket, serve_inbound
 from batch.logs import run_id_var
@@ -29,7 +30,7 @@ from batch.pipeline import Progress, QueryPipeline
 from batch.ratelimit import SlidingWindowLimiter
 from batch.reports import ReportFrames, ReportPaths, build_reports, write_reports
 from batch.states import RunStatus
-from batch.store import Run, Store
+from batch.store import Run, Store, StoreError
 from batch.summary import RunSummary, ThisProcess
 from batch.tls import TlsConfigError, server_context
 from batch.transport import SpineTransport
@@ -37,7 +38,6 @@ from batch.transport import SpineTransport
 log = logging.getLogger(__name__)
 
 UK = ZoneInfo("Europe/London")
-EXIT_OK, EXIT_INCOMPLETE = 0, 1
 
 
 class StartupError(Exception):
@@ -46,7 +46,7 @@ class StartupError(Exception):
 
 @dataclass(frozen=True)
 class JobResult:
-    exit_code: int
+    exit_code: Exit
     run_id: str
     reports: ReportPaths
     summary: RunSummary
@@ -74,6 +74,15 @@ def input_fingerprint(job_name: str, paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+async def _mark_failed(store: Store, run: Run) -> None:
+    # Best effort: the failure may be the store's own. A run left `running` resumes all the same.
+    with anyio.CancelScope(shield=True):
+        try:
+            await store.end_run(run.run_id, RunStatus.FAILED)
+        except StoreError:
+            log.error("run %s could not be marked failed; a rerun resumes it all the same", run.run_id)
+
+
 def _children(patients: pl.DataFrame) -> list[str]:
     return patients.get_column("_nhs_number").drop_nulls().unique().sort().to_list()
 
@@ -97,6 +106,10 @@ async def _prepare(store: Store, cfg: JobConfig, children: list[str], fingerprin
     )
     run_id_var.set(run.run_id)
     await store.add_children(run.run_id, children)
+    # Raw replies hold names, dates of birth and plans; they are kept only `retention.raw_days`.
+    purged = await store.purge_raw(datetime.now(UTC) - timedelta(days=cfg.retention.raw_days))
+    if purged:
+        log.info("dropped the raw messages of %d replies older than %d days", purged, cfg.retention.raw_days)
     failpoint("run_started")
     return run
 
@@ -192,11 +205,13 @@ async def _finalise(
 
 
 async def _report(
-    store: Store, cfg: JobConfig, run: Run, frames: ReportFrames, summary: RunSummary
+    store: Store, cfg: JobConfig, run: Run, frames: ReportFrames, summary: RunSummary, privacy: Privacy
 ) -> ReportPaths:
+    private_dir(cfg.output_dir, privacy, "output folder")
     run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
-    reports = write_reports(run_dir, frames, summary.to_json())
-    _update_latest(cfg.output_dir, run_dir)
+    reports = write_reports(run_dir, frames, summary.to_json(), privacy)
+    # Readers follow `latest`; it is swapped in one rename, never edited in place.
+    point_link(cfg.output_dir / "latest", run_dir.name)
     await store.end_run(run.run_id, RunStatus.COMPLETE)
     return reports
 
@@ -258,17 +273,20 @@ def _summary(
     )
 
 
-def _update_latest(output_dir: Path, run_dir: Path) -> None:
-    link = output_dir / "latest"
-    tmp = output_dir / f".latest.tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, link)
-
-
 async def run_job(
-    cfg: JobConfig, patients: pl.DataFrame, fingerprint: str, ssl_context: ssl.SSLContext
+    cfg: JobConfig,
+    patients: pl.DataFrame,
+    fingerprint: str,
+    ssl_context: ssl.SSLContext,
+    privacy: Privacy | None = None,
 ) -> JobResult:
+    """Run the job to the end; returns its exit code, reports and summary.
+
+    Raises StartupError (the run cannot start), StoreError (the state file cannot be opened), UnsafePathError
+    (a path we would write is not safe); any other exception is an internal failure, after which the run is
+    marked failed and a rerun of the same input resumes it.
+    """
+    privacy = privacy or Privacy()
     started = time.monotonic()
     process_started_at = datetime.now(UTC).isoformat(timespec="seconds")
     children = _children(patients)
@@ -277,21 +295,25 @@ async def run_job(
     with sock:
         async with Store.open(cfg.state) as store:
             run = await _prepare(store, cfg, children, fingerprint)
-            sending = await _send_and_await(store, cfg, run, sock, ssl_context)
-            frames, summary = await _finalise(
-                store,
-                cfg,
-                run,
-                sending,
-                patients,
-                started=started,
-                process_started_at=process_started_at,
-                children=len(children),
-            )
-            reports = await _report(store, cfg, run, frames, summary)
+            try:
+                sending = await _send_and_await(store, cfg, run, sock, ssl_context)
+                frames, summary = await _finalise(
+                    store,
+                    cfg,
+                    run,
+                    sending,
+                    patients,
+                    started=started,
+                    process_started_at=process_started_at,
+                    children=len(children),
+                )
+                reports = await _report(store, cfg, run, frames, summary, privacy)
+            except Exception:
+                await _mark_failed(store, run)
+                raise
     log.info(
         "run complete: %s; reports in %s",
         ", ".join(f"{k}={v}" for k, v in sorted(summary.outcomes.items()) if v),
         reports.directory,
     )
-    return JobResult(EXIT_INCOMPLETE if summary.incomplete else EXIT_OK, run.run_id, reports, summary)
+    return JobResult(Exit.INCOMPLETE if summary.incomplete else Exit.OK, run.run_id, reports, summary)

@@ -10,11 +10,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import polars as pl
+import polars.selectors as cs
 
+from batch.csvsafe import write_csv
 from batch.failpoints import failpoint
+from batch.files import Privacy, clear_staged, private_dir, stage
+from batch.patients import APPOINTMENT_DATE, INTERNAL_COLUMNS
 from batch.states import Outcome
 from batch.store import ChildOutcome
 
@@ -81,11 +86,16 @@ class ReportPaths:
     summary: Path
 
 
-def _input_frame(patients: pl.DataFrame) -> pl.DataFrame:
+def _input_frame(patients: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     """Input columns as given, renamed `input_<name>` only where they collide with a report column."""
     reserved = set(RESULT_COLUMNS) | set(PLAN_COLUMNS)
-    renames = {c: f"input_{c}" for c in patients.columns if not c.startswith("_") and c in reserved}
-    return patients.rename(renames)
+    inputs = [c for c in patients.columns if c not in INTERNAL_COLUMNS]
+    renames = {c: f"input_{c}" for c in inputs if c in reserved}
+    return patients.rename(renames), [renames.get(c, c) for c in inputs]
+
+
+def _input_columns(results: pl.DataFrame) -> list[str]:
+    return [c for c in results.columns if c not in RESULT_COLUMNS and c != APPOINTMENT_DATE]
 
 
 def _outcome_frame(outcomes: list[ChildOutcome]) -> pl.DataFrame:
@@ -102,33 +112,41 @@ def _outcome_frame(outcomes: list[ChildOutcome]) -> pl.DataFrame:
     )
 
 
+def _column(prefix: str, name: str) -> pl.Expr:
+    return pl.col(f"{prefix}{name}")
+
+
 def build_results(patients: pl.DataFrame, outcomes: list[ChildOutcome]) -> pl.DataFrame:
-    frame = _input_frame(patients)
-    input_cols = [c for c in frame.columns if not c.startswith("_")]
-    answers = _outcome_frame(outcomes).rename({c: f"_q_{c}" for c in _OUTCOME_SCHEMA})
-    joined = frame.join(answers, left_on="_nhs_number", right_on="_q_nhs_number", how="left", coalesce=False)
+    frame, input_cols = _input_frame(patients)
+    # The answers' columns get a prefix no input column has (input names are anything a list holds).
+    q = "_q_"
+    while any(c.startswith(q) for c in frame.columns):
+        q = "_" + q
+    answers = _outcome_frame(outcomes).rename({c: f"{q}{c}" for c in _OUTCOME_SCHEMA})
+    joined = frame.join(answers, left_on="_nhs_number", right_on=f"{q}nhs_number", how="left", coalesce=False)
     invalid = pl.col("_nhs_reason").is_not_null()
+    answer = partial(_column, q)
     results = joined.select(
-        *input_cols,
+        cs.by_name(input_cols),
         pl.col("_source_file").alias("source_file"),
         pl.col("_source_row").alias("source_row"),
         pl.col("_nhs_number").alias("nhs_number"),
         pl.when(invalid)
         .then(pl.lit("invalid_nhs_number"))
         # A valid row with no stored outcome would be a bug; it is reported, never silently dropped.
-        .otherwise(pl.col("_q_outcome").fill_null("error"))
+        .otherwise(answer("outcome").fill_null("error"))
         .alias("outcome"),
         pl.when(invalid)
         .then(pl.col("_nhs_reason"))
-        .when(pl.col("_q_outcome").is_null())
+        .when(answer("outcome").is_null())
         .then(pl.lit("internal:no_outcome"))
-        .otherwise(pl.col("_q_reason"))
+        .otherwise(answer("reason"))
         .alias("reason"),
         pl.col("_nhs_warning").alias("warnings"),
-        pl.col("_q_attempts").fill_null(0).alias("attempts"),
-        pl.col("_q_message_id").alias("message_id"),
-        pl.col("_q_queried_at").alias("queried_at"),
-        pl.col("_appointment_date"),
+        answer("attempts").fill_null(0).alias("attempts"),
+        answer("message_id").alias("message_id"),
+        answer("queried_at").alias("queried_at"),
+        pl.col(APPOINTMENT_DATE),
     )
     return results.sort("source_file", "source_row")
 
@@ -155,25 +173,17 @@ def build_flagged(results: pl.DataFrame, outcomes: list[ChildOutcome], reference
     ]
     plans = pl.DataFrame(rows, schema=_PLAN_SCHEMA, orient="row")
     flagged_rows = results.filter(pl.col("outcome") == "flagged")
-    input_cols = [c for c in results.columns if c not in RESULT_COLUMNS and not c.startswith("_")]
+    input_cols = _input_columns(results)
     joined = flagged_rows.join(plans, on="nhs_number", how="inner")
-    day = pl.col("_appointment_date").fill_null(pl.lit(reference_date))
+    day = pl.col(APPOINTMENT_DATE).fill_null(pl.lit(reference_date))
     start = pl.col("plan_start").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
     end = pl.col("plan_end").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
     active = (start.is_null() | (start <= day)) & (end.is_null() | (end >= day))
     return (
         joined.with_columns(active.alias("plan_active_on_appointment"))
-        .select(*input_cols, *FLAGGED_COLUMNS)
+        .select(cs.by_name(input_cols), *FLAGGED_COLUMNS)
         .sort("source_file", "source_row", "plan_type", "plan_start", nulls_last=True)
     )
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    return tmp
 
 
 @dataclass(frozen=True)
@@ -195,17 +205,19 @@ class ReportFrames:
 def build_reports(patients: pl.DataFrame, outcomes: list[ChildOutcome], reference_date: date) -> ReportFrames:
     results = build_results(patients, outcomes)
     flagged = build_flagged(results, outcomes, reference_date)
-    public = results.drop("_appointment_date")
+    public = results.drop(APPOINTMENT_DATE)
     exceptions = public.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
     return ReportFrames(public, flagged, exceptions)
 
 
-def write_reports(directory: Path, frames: ReportFrames, summary_json: str) -> ReportPaths:
-    """Write every report under a temporary name, then rename each into place (a reader never sees half a file)."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_reports(directory: Path, frames: ReportFrames, summary_json: str, privacy: Privacy) -> ReportPaths:
+    """Write every report under a temporary name, then rename each into place (a reader never sees half a file).
+
+    Raises UnsafePathError when the run folder exists but is not a private folder of ours.
+    """
+    private_dir(directory, privacy, "run folder")
     # Staged files of a process killed mid-write are never renamed into place; clear them away.
-    for stale in directory.glob(".*.tmp-*"):
-        stale.unlink(missing_ok=True)
+    clear_staged(directory)
     paths = ReportPaths(
         directory=directory,
         results=directory / "results.parquet",
@@ -214,13 +226,14 @@ def write_reports(directory: Path, frames: ReportFrames, summary_json: str) -> R
         exceptions=directory / "exceptions.csv",
         summary=directory / "summary.json",
     )
-    staged = [
-        (paths.results, _atomic(paths.results, frames.results.write_parquet)),
-        (paths.flagged_parquet, _atomic(paths.flagged_parquet, frames.flagged.write_parquet)),
-        (paths.flagged_csv, _atomic(paths.flagged_csv, frames.flagged.write_csv)),
-        (paths.exceptions, _atomic(paths.exceptions, frames.exceptions.write_csv)),
-        (paths.summary, _atomic(paths.summary, lambda p: p.write_text(summary_json))),
+    writers: list[tuple[Path, Callable[[Path], object]]] = [
+        (paths.results, frames.results.write_parquet),
+        (paths.flagged_parquet, frames.flagged.write_parquet),
+        (paths.flagged_csv, lambda p: write_csv(frames.flagged, p)),
+        (paths.exceptions, lambda p: write_csv(frames.exceptions, p)),
+        (paths.summary, lambda p: p.write_text(summary_json)),
     ]
+    staged = [(final, stage(final, write, privacy)) for final, write in writers]
     failpoint("reports_staged")
     for final, tmp in staged:
         os.replace(tmp, final)

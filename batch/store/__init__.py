@@ -14,7 +14,7 @@ from batch.store.records import (
     StoredInbound,
 )
 from batch.store.schema import SCHEMA_VERSION
-from batch.store.state_file import Store, StoreError, utcnow
+from batch.store.state_file import Store, StoreError, StoreOpenError, utcnow
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -30,6 +30,7 @@ __all__ = [
     "RunCounts",
     "Store",
     "StoreError",
+    "StoreOpenError",
     "StoredInbound",
     "utcnow",
 ]

@@ -47,6 +47,10 @@ class StoreError(Exception):
     """The state database could not be opened, read or written."""
 
 
+class StoreOpenError(StoreError):
+    """The state file cannot be used at all: not a database, from a newer version, unreadable."""
+
+
 def _placeholders(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
@@ -82,7 +86,7 @@ class Store:
     async def open(cls, path: Path) -> AsyncIterator[Store]:
         """Open (creating or migrating) the state file in its existing folder.
 
-        Raises StoreError naming the file, or UnsafePathError when the file or SQLite's files beside it are
+        Raises StoreOpenError naming the file, or UnsafePathError when the file or SQLite's files beside it are
         symlinks (SQLite would follow them) or not ours.
         """
         for suffix, what in (
@@ -94,17 +98,17 @@ class Store:
         try:
             conn = await anyio.to_thread.run_sync(_open_writer, path)
         except SchemaError as exc:
-            raise StoreError(f"{path}: not a usable state database ({exc})") from None
+            raise StoreOpenError(f"{path}: not a usable state database ({exc})") from None
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: not a usable state database ({exc})") from None
+            raise StoreOpenError(f"{path}: not a usable state database ({exc})") from None
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"{path}: cannot open state database ({exc})") from None
+            raise StoreOpenError(f"{path}: cannot open state database ({exc})") from None
         try:
             uri = await anyio.to_thread.run_sync(lambda: f"{path.resolve().as_uri()}?mode=ro")
             reader = await aiosqlite.connect(uri, uri=True)
         except sqlite3.Error as exc:
             conn.close()
-            raise StoreError(f"{path}: cannot open state database for reading ({exc})") from None
+            raise StoreOpenError(f"{path}: cannot open state database for reading ({exc})") from None
         writer = GroupWriter(conn)
         try:
             async with anyio.create_task_group() as tg:
