@@ -27,5 +27,5 @@ def configure(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Third-party chatter can echo request details; keep it to warnings.
-    for noisy in ("httpx", "httpcore", "hpack", "hypercorn.access", "aiosqlite"):
+    for noisy in ("httpx", "httpcore", "uvicorn", "uvicorn.error", "uvicorn.access", "aiosqlite"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
