@@ -23,6 +23,8 @@ from batch.ratelimit import RateSlot, SlidingWindowLimiter
 
 log = logging.getLogger(__name__)
 
+MAX_ANSWER_BYTES = 1 << 20
+
 
 @dataclass(frozen=True)
 class OutboundQuery:
@@ -93,6 +95,21 @@ class _Trace:
             self._slot.answered(anyio.current_time() - self._slot.sent_at)
 
 
+async def _read_capped(response: httpx.Response) -> bytes | None:
+    """The answer's body, or None when it is larger than MAX_ANSWER_BYTES (read no further than that)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class SpineTransport:
     """Posts prepared ebXML messages; paced by the shared limiter."""
 
@@ -161,10 +178,19 @@ class SpineTransport:
 
     async def _post_once(self, query: OutboundQuery, slot: RateSlot) -> tuple[SendResult, bool]:
         self.posts_made += 1
+        request = self._client.build_request(
+            "POST",
+            self._spine.url,
+            content=query.body,
+            headers=query.headers,
+            extensions={"trace": _Trace(slot)},
+        )
         try:
-            response = await self._client.post(
-                self._spine.url, content=query.body, headers=query.headers, extensions={"trace": _Trace(slot)}
-            )
+            response = await self._client.send(request, stream=True)
+            try:
+                body = await _read_capped(response)
+            finally:
+                await response.aclose()
         except httpx.ConnectError:
             return SendUnanswered("connect_failed", maybe_delivered=False), True
         except httpx.ConnectTimeout:
@@ -180,9 +206,10 @@ class SpineTransport:
         finally:
             # A request that failed before its head went out still used its slot.
             slot.sent()
-        answer = classify_sync_answer(
-            response.status_code, response.headers.get("content-type"), response.content
-        )
+        if body is None:
+            # Spine's synchronous answers are a few kilobytes; this is not one, and proves nothing.
+            return SendRejected("oversized_response", f"answer over {MAX_ANSWER_BYTES} bytes"), False
+        answer = classify_sync_answer(response.status_code, response.headers.get("content-type"), body)
         if isinstance(answer, Accepted):
             return SendAccepted(), False
         if answer.retriable:
