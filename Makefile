@@ -26,18 +26,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check $(PY_SRC)
+	$(BIN)/mypy batch
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(PY_SRC)
 	$(BIN)/ruff format --check $(PY_SRC)
 
-# Strict mypy (settings in pyproject.toml). Not part of `make test` yet.
+# Strict mypy (settings in pyproject.toml); `make test` runs it too.
 typecheck: $(STAMP)
 	$(BIN)/mypy batch
 
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/run.py
 
 certs: $(STAMP)
 	$(BIN)/cpis-batch certs .dev-pki

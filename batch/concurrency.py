@@ -36,7 +36,7 @@ class PostConcurrency:
         self._measured = 0
         self._warned = False
         self.limiter = anyio.CapacityLimiter(self._size(INITIAL_BUSY_S))
-        self.peak = self.limiter.total_tokens
+        self.peak = self._size(INITIAL_BUSY_S)
 
     def _needed(self, busy: float) -> int:
         return math.ceil(self.rate * busy * HEADROOM) + SPARE

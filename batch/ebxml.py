@@ -5,8 +5,10 @@ multipart/related framing around the envelope is batch.mime's.
 """
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import cast
 from urllib.parse import unquote
 
 from lxml import etree
@@ -351,7 +353,10 @@ def _parse_envelope(data: bytes) -> etree._Element:
 
 def _text(parent: etree._Element, path: str) -> str:
     element = parent.find(path, _NS)
-    return "".join(element.itertext()).strip() if element is not None else ""
+    if element is None:
+        return ""
+    # itertext yields str for a tree parsed from bytes; lxml-stubs types it str | bytes.
+    return "".join(cast("Iterator[str]", element.itertext())).strip()
 
 
 def _read_header(envelope: etree._Element) -> MessageHeader:

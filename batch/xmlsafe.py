@@ -25,6 +25,6 @@ def parse_xml(data: bytes) -> etree._Element:
         root = etree.fromstring(data, parser=_parser())
     except etree.XMLSyntaxError as exc:
         raise XmlError(f"not well-formed XML: {exc.msg}") from None
-    if root.getroottree().docinfo.doctype:
+    if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]  # lxml-stubs lacks DocInfo.doctype
         raise XmlError("XML with a DOCTYPE is refused")
     return root

@@ -30,8 +30,10 @@ def parse_hl7_ts(value: str | None) -> datetime | None:
         return None
     digits = match.group(1).split(".", 1)[0]
     # Fixed-width slices, not strptime: strptime accepts one-digit fields and could misread a bad value.
-    fields = [int(digits[i : i + 2]) for i in range(4, len(digits), 2)]
+    # A date alone, or a time without seconds, means midnight / the whole minute.
+    padded = digits.ljust(14, "0")
+    month, day, hour, minute, second = (int(padded[i : i + 2]) for i in range(4, 14, 2))
     try:
-        return datetime(int(digits[:4]), *fields)
+        return datetime(int(digits[:4]), month, day, hour, minute, second)
     except ValueError:
         return None

@@ -9,7 +9,7 @@ NSMAP = {None: HL7_NS, "npfitlc": NPFIT_NS}
 
 def hl7_root(tag: str) -> etree._Element:
     """A document element with `hl7` as default namespace and `npfitlc` declared once at the top."""
-    return etree.Element(f"{{{HL7_NS}}}{tag}", nsmap=NSMAP)
+    return etree.Element(f"{{{HL7_NS}}}{tag}", nsmap=NSMAP)  # type: ignore[arg-type]  # lxml-stubs refuses the None (default) prefix
 
 
 def sub(parent: etree._Element, tag: str, /, text: str | None = None, **attrs: str) -> etree._Element:

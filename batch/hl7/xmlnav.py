@@ -5,6 +5,7 @@ allow, so readers select children by name and iterate over every match instead o
 """
 
 from collections.abc import Iterable, Iterator
+from typing import cast
 
 from lxml import etree
 
@@ -79,7 +80,9 @@ def text(element: etree._Element | None) -> str | None:
     if element is None:
         return None
     own = (element.text or "") + "".join(child.tail or "" for child in element)
-    joined = " ".join(own.split()) or " ".join("".join(element.itertext()).split())
+    # itertext yields str for a tree parsed from bytes; lxml-stubs types it str | bytes.
+    text = "".join(cast("Iterator[str]", element.itertext()))
+    joined = " ".join(own.split()) or " ".join(text.split())
     return joined or None
 
 
