@@ -132,7 +132,9 @@ class ReplyFactory:
         if template is None:
             if len(self._templates) >= _MAX_TEMPLATES:
                 self._templates.clear()
-            template = self._templates[key] = self._build(query, answer, reply_id, message_ref, now)
+            # A fresh build already carries this reply's values: kept as the template, used as it is.
+            action, tree = self._templates[key] = self._build(query, answer, reply_id, message_ref, now)
+            return action, serialise(tree)
         action, tree = template
         root = restamp(copy.deepcopy(tree), reply_id=reply_id, message_ref=message_ref, now=now)
         return action, serialise(root)
