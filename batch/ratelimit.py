@@ -21,7 +21,9 @@ when it matters gets that cap. A fixed 5% slack gave away
 (measured figures: bench/README.md).
 
 Waiting for slot k to have started sending also covers our own delay between grant and send (the attempt is
-made durable in between): however long that takes, slot k + R is granted only after it.
+made durable in between): however long that takes, slot k + R goes out only `window + guard_k` after it. That
+delay is not lost either: slot k + R is granted ahead by the usual time from grant to wire, and a gate just
+before its first byte (`RateSlot.go`, called from the HTTP client's trace hook) holds it until its time.
 """
 
 from __future__ import annotations
@@ -38,17 +40,29 @@ INITIAL_CAP = 0.1
 
 
 class RateSlot:
-    """One grant. Call `sent()` when the request starts going out (idempotent), and `answered()` with its
-    round trip once Spine's synchronous answer arrives; both are safe to call on an unused slot."""
+    """One grant. Await `go()` right before the request's first byte goes out; call `sent()` instead for a
+    slot whose request never started (idempotent, safe in a `finally`), and `answered()` with the round trip
+    once Spine's synchronous answer arrives."""
 
-    __slots__ = ("_event", "_limiter", "granted", "round_trip", "sent_at")
+    __slots__ = ("_event", "_limiter", "granted", "not_before", "round_trip", "sent_at")
 
-    def __init__(self, limiter: SlidingWindowLimiter, granted: float) -> None:
+    def __init__(self, limiter: SlidingWindowLimiter, granted: float, not_before: float = -math.inf) -> None:
         self._limiter = limiter
         self.granted = granted
+        self.not_before = not_before
         self.sent_at: float | None = None
         self.round_trip: float | None = None
         self._event = anyio.Event()
+
+    async def go(self) -> None:
+        """Wait until the window allows this request out, then mark it sent (the gate right before the wire)."""
+        if self.sent_at is not None:
+            return
+        now = anyio.current_time()
+        self._limiter.lead_observed(now - self.granted)
+        if self.not_before > now:
+            await anyio.sleep(self.not_before - now)
+        self.sent()
 
     def sent(self, at: float | None = None) -> None:
         if self.sent_at is None:
@@ -85,6 +99,8 @@ class SlidingWindowLimiter:
         self._excesses: deque[float] = deque(maxlen=RECENT)
         self._cap = INITIAL_CAP * window
         self._since_cap = 0
+        self._leads: deque[float] = deque(maxlen=RECENT)
+        self._lead = 0.0
         self.guard_total = 0.0
         self.grants = 0
 
@@ -125,23 +141,39 @@ class SlidingWindowLimiter:
             self._slots.append(slot)
             self._next = max(self._next, at + self._interval)
 
+    def lead_observed(self, lead: float) -> None:
+        """How long a granted slot took to reach its gate (recording the attempt, building the message)."""
+        self._leads.append(lead)
+        if len(self._leads) % 16 == 0:
+            # A low percentile: granting too early only makes a sender wait at the gate; too late loses rate.
+            self._lead = min(self.window / 4, sorted(self._leads)[len(self._leads) // 10])
+
     async def acquire(self) -> RateSlot:
-        """Wait for a grant. The caller must call `sent()` on the slot (a slot never used: in a `finally`)."""
+        """Wait for a grant. The caller must `await slot.go()` before the request's first byte (or call
+        `slot.sent()` in a `finally` if the request never starts)."""
         async with self._lock:
             earliest = self._next
+            not_before = -math.inf
             if len(self._slots) == self.capacity:
                 oldest = self._slots[0]
                 sent_at = await oldest.wait_sent()
                 guard = self.guard(oldest)
                 self.guard_total += guard
-                earliest = max(earliest, sent_at + self.window + guard)
+                not_before = sent_at + self.window + guard
+                # Granted ahead by the usual time to reach the gate, so that time is not lost to the rate;
+                # the gate itself holds the request until `not_before`.
+                earliest = max(earliest, not_before - self._lead)
             now = anyio.current_time()
             if earliest > now:
                 await anyio.sleep(earliest - now)
                 now = anyio.current_time()
-            slot = RateSlot(self, now)
+            slot = RateSlot(self, now, not_before)
             self._slots.append(slot)
-            self._next = now + self._interval
+            # Spaced from when this grant was due, not from when the sleep happened to end: timers wake a
+            # little late, and anchoring on the wake-up would lose that time on every grant. After an idle
+            # spell (due long ago) the spacing starts afresh from now.
+            due = earliest if now - earliest < self._interval else now
+            self._next = due + self._interval
             self.grants += 1
             return slot
 

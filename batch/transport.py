@@ -80,8 +80,8 @@ class _Retry(Exception):
 
 
 class _Trace:
-    """httpcore trace hook for one POST: marks the rate slot sent when the request head starts going out, and
-    reports the round trip when Spine's answer head has arrived."""
+    """httpcore trace hook for one POST: holds the request at its rate slot's gate just before the head goes
+    out, and reports the round trip when Spine's answer head has arrived."""
 
     __slots__ = ("_slot",)
 
@@ -90,7 +90,7 @@ class _Trace:
 
     async def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == "http11.send_request_headers.started":
-            self._slot.sent()
+            await self._slot.go()
         elif event == "http11.receive_response_headers.complete" and self._slot.sent_at is not None:
             self._slot.answered(anyio.current_time() - self._slot.sent_at)
 

@@ -43,8 +43,11 @@ async def test_no_window_exceeds_the_rate_and_grants_are_evenly_spaced(tasks: in
     times = [s.granted for s in slots]
     assert len(times) == 70
     assert max_in_window(times, WINDOW) <= 10
-    gaps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
-    assert min(gaps) >= WINDOW / 10 - 1e-6  # spacing, not bursts of ten
+    ordered = sorted(times)
+    # Evenly paced, never ahead of schedule: the i-th grant comes no earlier than i intervals after the first
+    # (a grant that woke late may be followed sooner, catching up to the schedule, not beyond it).
+    assert all(t - ordered[0] >= i * WINDOW / 10 - 1e-6 for i, t in enumerate(ordered))
+    assert min(b - a for a, b in zip(ordered, ordered[1:], strict=False)) > 0
 
 
 async def test_idle_spell_does_not_allow_a_burst() -> None:
@@ -159,3 +162,28 @@ async def test_a_seeded_history_counts_in_the_first_window() -> None:
     slots = await _grants(limiter, 5, 1)
     assert max_in_window([*earlier, *(s.granted for s in slots)], WINDOW) <= 10
     assert slots[0].granted >= earlier[0] + WINDOW
+
+
+async def test_a_slot_granted_ahead_is_held_at_its_gate_until_the_window_allows() -> None:
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    for _ in range(16):
+        limiter.lead_observed(0.01)  # attempts usually take 10 ms from grant to wire
+    first = [await limiter.acquire() for _ in range(10)]
+    for slot in first:
+        await slot.go()
+    eleventh = await limiter.acquire()
+    assert eleventh.not_before == pytest.approx(first[0].sent_at + WINDOW + INITIAL_CAP * WINDOW)
+    assert eleventh.granted < eleventh.not_before  # granted ahead, by the usual lead
+    await eleventh.go()
+    assert eleventh.sent_at is not None and eleventh.sent_at >= eleventh.not_before
+    sends = [s.sent_at for s in [*first, eleventh] if s.sent_at is not None]
+    assert max_in_window(sends, WINDOW) <= 10
+
+
+async def test_go_is_a_no_op_for_a_slot_already_marked_sent() -> None:
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    slot = RateSlot(limiter, 0.0, not_before=anyio.current_time() + 60)
+    slot.sent(1.0)
+    with anyio.fail_after(1):
+        await slot.go()
+    assert slot.sent_at == 1.0
