@@ -3,6 +3,8 @@ wall-clock speed. Windows are scaled down (50 ms) so the tests are quick; the ar
 
 from __future__ import annotations
 
+import itertools
+
 import anyio
 import pytest
 
@@ -47,7 +49,7 @@ async def test_no_window_exceeds_the_rate_and_grants_are_evenly_spaced(tasks: in
     # Evenly paced, never ahead of schedule: the i-th grant comes no earlier than i intervals after the first
     # (a grant that woke late may be followed sooner, catching up to the schedule, not beyond it).
     assert all(t - ordered[0] >= i * WINDOW / 10 - 1e-6 for i, t in enumerate(ordered))
-    assert min(b - a for a, b in zip(ordered, ordered[1:], strict=False)) > 0
+    assert min(b - a for a, b in itertools.pairwise(ordered)) > 0
 
 
 async def test_idle_spell_does_not_allow_a_burst() -> None:
