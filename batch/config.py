@@ -349,6 +349,10 @@ INPUT_APPOINTMENT_DATE_COLUMN: _Key[str | None] = _input.key("appointment_date_c
 INPUT_APPOINTMENT_DATE_FORMAT: _Key[str | None] = _input.key("appointment_date_format", _text, None)
 INPUT_DELIMITER = _input.key("delimiter", _one_character, ",")
 INPUT_ENCODING = _input.key("encoding", _text, "utf-8")
+INPUT_CLINIC_COLUMN: _Key[str | None] = _input.key("clinic_column", _text, None)
+INPUT_NAME_COLUMN: _Key[str | None] = _input.key("name_column", _text, None)
+INPUT_DATE_OF_BIRTH_COLUMN: _Key[str | None] = _input.key("date_of_birth_column", _text, None)
+INPUT_WINDOW_DAYS: _Key[int | None] = _input.key("window_days", _whole(allow_zero=True), None)
 
 _spine = _Table("spine", required=True)
 SPINE_URL = _spine.key("url", _https_url)
@@ -571,6 +575,10 @@ def load_job(path: Path) -> JobConfig:
             appointment_date_format=r.get(INPUT_APPOINTMENT_DATE_FORMAT),
             delimiter=r.get(INPUT_DELIMITER),
             encoding=r.get(INPUT_ENCODING),
+            clinic_column=r.get(INPUT_CLINIC_COLUMN),
+            name_column=r.get(INPUT_NAME_COLUMN),
+            date_of_birth_column=r.get(INPUT_DATE_OF_BIRTH_COLUMN),
+            window_days=r.get(INPUT_WINDOW_DAYS),
         )
     except ValueError as exc:
         raise r.error(f"[input] {exc}") from None

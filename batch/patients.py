@@ -40,7 +40,21 @@ NHS_NUMBER = "_nhs_number"
 NHS_REASON = "_nhs_reason"
 NHS_WARNING = "_nhs_warning"
 APPOINTMENT_DATE = "_appointment_date"
-INTERNAL_COLUMNS = (SOURCE_FILE, SOURCE_ROW, NHS_NUMBER, NHS_REASON, NHS_WARNING, APPOINTMENT_DATE)
+# Copies of the columns the job names for the reports people read and the audit trail (null when not named).
+CLINIC = "_clinic"
+PATIENT_NAME = "_patient_name"
+DATE_OF_BIRTH = "_date_of_birth"
+INTERNAL_COLUMNS = (
+    SOURCE_FILE,
+    SOURCE_ROW,
+    NHS_NUMBER,
+    NHS_REASON,
+    NHS_WARNING,
+    APPOINTMENT_DATE,
+    CLINIC,
+    PATIENT_NAME,
+    DATE_OF_BIRTH,
+)
 
 DUPLICATE = WARNINGS["W_DUPLICATE"]
 BAD_APPOINTMENT_DATE = "bad_appointment_date"
@@ -69,10 +83,26 @@ class InputSpec:
     appointment_date_format: str | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
+    clinic_column: str | None = None
+    name_column: str | None = None
+    date_of_birth_column: str | None = None
+    window_days: int | None = None
+    """Query only rows whose appointment is between today and today + N days (Europe/London)."""
+
+    def context_columns(self) -> tuple[tuple[str, str], ...]:
+        """(configured column, internal copy) for the optional columns the reports and audit show."""
+        pairs = (
+            (self.clinic_column, CLINIC),
+            (self.name_column, PATIENT_NAME),
+            (self.date_of_birth_column, DATE_OF_BIRTH),
+        )
+        return tuple((column, internal) for column, internal in pairs if column is not None)
 
     def __post_init__(self) -> None:
         if not self.nhs_number_column:
             raise ValueError("nhs_number_column must name a column")
+        if self.window_days is not None and self.appointment_date_column is None:
+            raise ValueError("window_days needs appointment_date_column: the window is of appointment dates")
         if len(self.delimiter) != 1 or not self.delimiter.isascii() or self.delimiter in '"\r\n':
             raise ValueError("delimiter must be one ASCII character other than '\"' or a line break")
         try:
@@ -436,6 +466,12 @@ def _annotate(
         date_column = _match_column(names, spec.appointment_date_column)
         if date_column is None:
             raise InputError(path, header_row, f"column '{spec.appointment_date_column}' not found")
+    context: list[tuple[str, str]] = []
+    for wanted, internal in spec.context_columns():
+        found = _match_column(names, wanted)
+        if found is None:
+            raise InputError(path, header_row, f"column '{wanted}' not found")
+        context.append((found, internal))
 
     # Row numbers count every data record, so blank lines dropped below still leave later rows numbered
     # as they are in the file.
@@ -455,13 +491,24 @@ def _annotate(
     nhs = nhs_number_expr(_input_column(nhs_column).cast(pl.String), profile)
     # Worked out on just the columns read: polars plans every expression against the whole schema, so on a
     # wide list the NHS number expression alone would cost time in proportion to the number of columns.
-    used = list(dict.fromkeys(name for name in (nhs_column, date_column) if name is not None))
+    used = list(
+        dict.fromkeys(
+            name for name in (nhs_column, date_column, *(c for c, _ in context)) if name is not None
+        )
+    )
+    copied = {internal: found for found, internal in context}
     annotations = frame.select(cs.by_name(used)).select(
         pl.lit(str(path), pl.String).alias(SOURCE_FILE),
         nhs.struct.field("nhs_number").alias(NHS_NUMBER),
         nhs.struct.field("nhs_reason").alias(NHS_REASON),
         nhs.struct.field("nhs_warning").alias(NHS_WARNING),
         *date_exprs,
+        *(
+            _input_column(copied[internal]).cast(pl.String).alias(internal)
+            if internal in copied
+            else pl.lit(None, pl.String).alias(internal)
+            for internal in (CLINIC, PATIENT_NAME, DATE_OF_BIRTH)
+        ),
     )
     # One cast for all columns: a DataFrame.schema lookup per column (which builds the whole schema each
     # time) made 20,000 columns take minutes. Every column is textual; the readers refuse the rest.

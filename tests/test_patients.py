@@ -69,6 +69,9 @@ def test_mapping_names_are_the_specified_ones() -> None:
         "_nhs_reason",
         "_nhs_warning",
         "_appointment_date",
+        "_clinic",
+        "_patient_name",
+        "_date_of_birth",
     )
 
 
@@ -381,6 +384,9 @@ def test_bom_and_crlf_are_accepted(tmp_path: Path) -> None:
         "_nhs_reason": None,
         "_nhs_warning": None,
         "_appointment_date": dt.date(2024, 1, 2),
+        "_clinic": None,
+        "_patient_name": None,
+        "_date_of_birth": None,
     }
 
 
@@ -757,3 +763,32 @@ def test_resolve_inputs_refuses_special_files(tmp_path: Path) -> None:
         resolve_inputs("pipe.csv", tmp_path)
     with pytest.raises(InputError, match="not a regular file"):
         read_one(fifo)
+
+
+def test_named_context_columns_are_copied_for_the_reports(tmp_path: Path) -> None:
+    data = csv_bytes("nhs no.,Appt Date,CLINIC,Child Name,DOB", f"{N1},2024-01-02,ENT,Ann Smith,2019-05-06")
+    spec = InputSpec(
+        nhs_number_column="NHS No.",
+        appointment_date_column="Appt Date",
+        clinic_column="Clinic",
+        name_column="child name",
+        date_of_birth_column="DOB",
+    )
+    frame = read_patient_lists([write(tmp_path / "l.csv", data)], spec)
+    assert frame.select("_clinic", "_patient_name", "_date_of_birth").row(0) == (
+        "ENT",
+        "Ann Smith",
+        "2019-05-06",
+    )
+
+
+def test_a_named_context_column_that_is_missing_is_a_file_error(tmp_path: Path) -> None:
+    data = csv_bytes("NHS No.,Appt Date", f"{N1},2024-01-02")
+    spec = InputSpec(nhs_number_column="NHS No.", clinic_column="Clinic")
+    with pytest.raises(InputError, match=r"l\.csv: row 1: column 'Clinic' not found"):
+        read_patient_lists([write(tmp_path / "l.csv", data)], spec)
+
+
+def test_a_window_needs_an_appointment_date_column() -> None:
+    with pytest.raises(ValueError, match="window_days needs appointment_date_column"):
+        InputSpec(nhs_number_column="NHS No.", window_days=7)
