@@ -56,11 +56,19 @@ class Outcome(StrEnum):
     INVALID_NHS_NUMBER = "invalid_nhs_number"
     ERROR = "error"
     NO_REPLY = "no_reply"
+    OUTSIDE_WINDOW = "outside_window"
+    """Not queried on purpose: no appointment date, or not within `[input] window_days` (no legitimate
+    relationship to query for)."""
 
     @property
     def final(self) -> bool:
-        """A definite answer about the child (exit code 0); `error` and `no_reply` need a look (exit 1)."""
-        return self in (Outcome.FLAGGED, Outcome.NOT_FLAGGED, Outcome.INVALID_NHS_NUMBER)
+        """A definite answer about the row (exit code 0); `error` and `no_reply` need a look (exit 1)."""
+        return self in (
+            Outcome.FLAGGED,
+            Outcome.NOT_FLAGGED,
+            Outcome.INVALID_NHS_NUMBER,
+            Outcome.OUTSIDE_WINDOW,
+        )
 
 
 # Outcomes a queried child can end with (what the `queries` table holds).
