@@ -20,6 +20,7 @@ from batch.config import HttpConfig, SpineConfig
 from batch.ebxml import Accepted, classify_sync_answer
 from batch.hl7 import assert_scheduled_care
 from batch.ratelimit import RateSlot, SlidingWindowLimiter
+from batch.spine_http import SpineHTTPTransport
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +128,15 @@ class SpineTransport:
         self._http = http
         self._limiter = limiter
         self._client = httpx.AsyncClient(
-            verify=ssl_context,
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=http.connect_timeout_s,
-                read=http.response_timeout_s,
-                write=http.response_timeout_s,
-                pool=None,
+            transport=transport
+            or SpineHTTPTransport(
+                spine.url,
+                ssl_context,
+                max_connections=max_connections,
+                connect_timeout_s=http.connect_timeout_s,
+                read_timeout_s=http.response_timeout_s,
+                max_body=MAX_ANSWER_BYTES,
             ),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
             # Proxy variables must not reroute patient queries.
             trust_env=False,
