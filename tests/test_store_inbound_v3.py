@@ -7,7 +7,7 @@ from pathlib import Path
 
 from batch.ids import new_id
 from batch.states import Disposition
-from batch.store import InboundRecord, Store
+from batch.store import SCHEMA_VERSION, InboundRecord, Store
 from batch.store.schema import MIGRATIONS
 
 RUN = "11111111-1111-4111-8111-111111111111"
@@ -49,7 +49,9 @@ async def test_version_2_inbound_rows_keep_everything_and_gain_their_size(tmp_pa
         )
         assert stored.disposition is Disposition.REJECTED
     with sqlite3.connect(path) as check:
-        assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
         got = check.execute(
             "SELECT message_id, disposition, raw, raw_size, run_id FROM inbound ORDER BY received_at, message_id"
         ).fetchall()

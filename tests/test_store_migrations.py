@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from batch.states import AttemptStatus, Disposition, Outcome, RunStatus
-from batch.store import SCHEMA_VERSION, AwaitedAttempt, ChildProgress, Store, StoreError
+from batch.store import (
+    SCHEMA_VERSION,
+    AuditEntry,
+    AwaitedAttempt,
+    ChildProgress,
+    Store,
+    StoredRun,
+    StoreError,
+)
 from batch.store.schema import MIGRATIONS
 
 RUN = "11111111-1111-4111-8111-111111111111"
@@ -112,3 +121,68 @@ async def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> N
     check = sqlite3.connect(path)
     assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
     assert check.execute("SELECT status FROM attempts").fetchall() == [("bogus",)]
+
+
+async def test_version_3_audit_rows_are_kept_gain_their_child_and_cannot_change(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    conn = _file_at(path, 3)
+    conn.execute(
+        "INSERT INTO runs VALUES (?, 'job', 'fp', '2026-11-30', '2026-11-30T01:00:00.000+00:00', NULL, 'running')",
+        (RUN,),
+    )
+    conn.execute("INSERT INTO queries (run_id, nhs_number) VALUES (?, '9990000018')", (RUN,))
+    conn.execute(
+        "INSERT INTO attempts VALUES ('M1', 'C1', 'Q1', ?, '9990000018', 1, '2026-11-30T01:00:01.000+00:00',"
+        " NULL, 'accepted', NULL)",
+        (RUN,),
+    )
+    audit = [
+        ("2026-11-30T01:00:00.000+00:00", RUN, "run_started", None, None),
+        ("2026-11-30T01:00:01.000+00:00", RUN, "query_sent", "M1", None),
+        ("2026-11-30T01:05:00.000+00:00", None, "raw_purged", None, "messages=0 before=x"),
+    ]
+    conn.executemany(
+        "INSERT INTO audit (at, run_id, event, message_id, detail) VALUES (?, ?, ?, ?, ?)", audit
+    )
+    conn.close()
+
+    async with Store.open(path) as store:
+        entries = [e async for batch in store.audit_entries("2026-11-30", "2026-12-01") for e in batch]
+        await store.end_run(RUN, RunStatus.COMPLETE, '{"run_id": "x"}\n')
+        stored = await store.find_run("job")
+
+    assert entries == [
+        AuditEntry(
+            "2026-11-30T01:00:01.000+00:00",
+            RUN,
+            "M1",
+            "9990000018",
+            *(None,) * 10,
+            "accepted",
+            None,
+            None,
+        )
+    ]
+    assert stored is not None and stored.finished_at is not None
+    assert replace(stored, finished_at=None) == StoredRun(
+        RUN,
+        "job",
+        "2026-11-30",
+        "2026-11-30T01:00:00.000+00:00",
+        None,
+        RunStatus.COMPLETE,
+        '{"run_id": "x"}\n',
+    )
+    check = sqlite3.connect(path, isolation_level=None)
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+    kept = check.execute(
+        "SELECT at, run_id, event, message_id, detail, nhs_number FROM audit ORDER BY id"
+    ).fetchall()
+    assert kept[:3] == [(*row, "9990000018" if row[2] == "query_sent" else None) for row in audit]
+    assert [row[2] for row in kept[3:]] == ["run_complete"]
+    with pytest.raises(sqlite3.IntegrityError, match="audit rows are append-only"):
+        check.execute("UPDATE audit SET detail = 'changed' WHERE event = 'raw_purged'")
+    with pytest.raises(sqlite3.IntegrityError, match="audit rows are append-only"):
+        check.execute("DELETE FROM audit WHERE event = 'query_sent'")
+    assert check.execute("SELECT COUNT(*) FROM audit").fetchone() == (4,)
+    assert check.execute("SELECT COUNT(*) FROM run_inputs").fetchone() == (0,)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from batch.states import Disposition, Outcome
+from batch.states import Disposition, Outcome, RunStatus
 
 
 @dataclass(frozen=True)
@@ -152,3 +152,78 @@ class RunCounts:
     send_failures: int = 0
     """Attempts that never reached Spine."""
     inbound: dict[Disposition, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SenderIdentity:
+    """Who a run's queries come from: our system, our organisation and the person responsible for them."""
+
+    asid: str
+    ods_code: str
+    responsible_person_name: str
+    responsible_person_role_code: str
+    responsible_person_role_name: str
+
+
+@dataclass(frozen=True)
+class QueryReason:
+    """Why a child is queried: the first of its input rows with an appointment in the window (the legitimate
+    relationship), and how many of the run's input rows the query answers."""
+
+    nhs_number: str
+    source_file: str
+    source_row: int
+    clinic: str | None
+    appointment_date: str | None
+    """ISO date, when the list has one."""
+    input_rows: int
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A run as the state file holds it."""
+
+    run_id: str
+    job_name: str
+    reference_date: str
+    started_at: str
+    finished_at: str | None
+    status: RunStatus
+    summary_json: str | None
+    """The run's `summary.json`, stored when it completed."""
+
+
+@dataclass(frozen=True)
+class StoredInputs:
+    """A run's input rows as written when it started: Parquet parts in order; None where retention dropped
+    them."""
+
+    parts: tuple[bytes | None, ...]
+
+    @property
+    def dropped(self) -> bool:
+        return any(part is None for part in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One query sent, as the audit trail exports it; `outcome` and `reason` are the child's, once known."""
+
+    sent_at: str
+    run_id: str | None
+    message_id: str | None
+    nhs_number: str | None
+    sender_asid: str | None
+    sender_ods_code: str | None
+    responsible_person_name: str | None
+    responsible_person_role_code: str | None
+    responsible_person_role_name: str | None
+    source_file: str | None
+    source_row: int | None
+    clinic: str | None
+    appointment_date: str | None
+    input_rows: int | None
+    delivery: str | None
+    """The attempt's status (`accepted`, `answered`, `not_sent`, ...)."""
+    outcome: str | None
+    reason: str | None

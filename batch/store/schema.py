@@ -17,7 +17,7 @@ from batch.states import (
     check_constraint,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Stored inbound rows; a duplicate is answered but never stored a second time.
 STORED_DISPOSITIONS = tuple(d for d in Disposition if d is not Disposition.DUPLICATE)
@@ -242,8 +242,88 @@ def _v2_to_v3(conn: sqlite3.Connection) -> None:
     )
 
 
+# What a `query_sent` audit row says beyond the time, run, event and message id (version 4).
+AUDIT_QUERY_COLUMNS = (
+    "nhs_number TEXT",
+    "sender_asid TEXT",
+    "sender_ods_code TEXT",
+    "responsible_person_name TEXT",
+    "responsible_person_role_code TEXT",
+    "responsible_person_role_name TEXT",
+    "source_file TEXT",
+    "source_row INTEGER",
+    "clinic TEXT",
+    "appointment_date TEXT",
+    "input_rows INTEGER",
+)
+APPEND_ONLY = "audit rows are append-only"
+
+
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    """The audit trail says who queried which child, when and why, and can no longer be changed; a run keeps
+    its input rows and its summary, so its reports can be written again.
+
+    A `query_sent` audit row copies, in the attempt's own transaction, the sender (our ASID and ODS code and
+    the responsible person, from the run) and the reason (the first input row with an appointment in the
+    window, from the child's `queries` row), so it needs nothing else to be read. Earlier `query_sent` rows
+    get the NHS number of their attempt; the rest of what they did not record stays empty. Triggers then
+    refuse every UPDATE and DELETE of an audit row (a later migration that rebuilds the table must recreate
+    them). `run_inputs` holds the run's annotated input rows as Parquet, in parts of bounded size.
+    """
+    for column in AUDIT_QUERY_COLUMNS:
+        conn.execute(f"ALTER TABLE audit ADD COLUMN {column}")
+    conn.execute(
+        "UPDATE audit SET nhs_number = (SELECT a.nhs_number FROM attempts a WHERE a.message_id = audit.message_id)"
+        " WHERE event = 'query_sent'"
+    )
+    conn.execute("CREATE INDEX audit_at ON audit (at)")
+    conn.execute("CREATE INDEX audit_nhs_number ON audit (nhs_number) WHERE nhs_number IS NOT NULL")
+    for action in ("UPDATE", "DELETE"):
+        # Executed one by one: a trigger's body holds semicolons, which `_script` would split on.
+        conn.execute(
+            f"CREATE TRIGGER audit_no_{action.lower()} BEFORE {action} ON audit"
+            f" BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
+        )
+    for column in (
+        "sender_asid TEXT",
+        "sender_ods_code TEXT",
+        "responsible_person_name TEXT",
+        "responsible_person_role_code TEXT",
+        "responsible_person_role_name TEXT",
+        "summary_json TEXT",
+    ):
+        conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    for column in (
+        "source_file TEXT",
+        "source_row INTEGER",
+        "clinic TEXT",
+        "appointment_date TEXT",
+        "input_rows INTEGER",
+    ):
+        conn.execute(f"ALTER TABLE queries ADD COLUMN {column}")
+    # frame: NULL once retention has dropped it (the rows name children, with names and dates of birth).
+    _script(
+        conn,
+        """
+CREATE TABLE run_inputs (
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    part INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    written_at TEXT NOT NULL,
+    frame BLOB,
+    PRIMARY KEY (run_id, part)
+)
+""",
+    )
+
+
 # MIGRATIONS[n] takes a version-n file to version n + 1; a new file is version 0.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _v0_to_v1, 1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _v0_to_v1,
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
 class SchemaError(Exception):

@@ -21,22 +21,40 @@ from batch.files import check_not_link
 from batch.states import AttemptStatus, Disposition, Outcome, RunStatus
 from batch.store.records import (
     AttemptRef,
+    AuditEntry,
     AwaitedAttempt,
     ChildOutcome,
     ChildProgress,
     FlagResult,
     InboundRecord,
+    QueryReason,
     Resolution,
     Run,
     RunCounts,
+    SenderIdentity,
     StoredInbound,
+    StoredInputs,
+    StoredRun,
 )
-from batch.store.schema import SchemaError, prepare
+from batch.store.schema import SCHEMA_VERSION, SchemaError, prepare
 from batch.store.writer import GroupWriter, WriteFailed
 
 T = TypeVar("T")
 
 _AWAITING = tuple(status.value for status in AttemptStatus if status.awaits_reply)
+
+# Who sends a run's queries: columns of `runs`, copied into each `query_sent` audit row.
+_SENDER_FIELDS = (
+    "sender_asid",
+    "sender_ods_code",
+    "responsible_person_name",
+    "responsible_person_role_code",
+    "responsible_person_role_name",
+)
+_SENDER_COLUMNS = ", ".join(_SENDER_FIELDS)
+_SENDER_SET = ", ".join(f"{column} = ?" for column in _SENDER_FIELDS)
+_SENDER_OF_RUN = ", ".join(f"r.{column}" for column in _SENDER_FIELDS)
+AUDIT_BATCH = 10_000
 
 
 def utcnow() -> str:
@@ -74,10 +92,20 @@ def _open_writer(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class Store:
-    """Async facade over the state file; use `Store.open` as an async context manager."""
+def _check_state_files(path: Path) -> None:
+    for suffix, what in (
+        ("", "state file"),
+        ("-wal", "state WAL file"),
+        ("-shm", "state shared-memory file"),
+    ):
+        check_not_link(path.with_name(path.name + suffix), what)
 
-    def __init__(self, writer: GroupWriter, reader: aiosqlite.Connection) -> None:
+
+class Store:
+    """Async facade over the state file; use `Store.open` (or `Store.open_read_only`) as an async context
+    manager."""
+
+    def __init__(self, writer: GroupWriter | None, reader: aiosqlite.Connection) -> None:
         self._writer = writer
         self._reader = reader
 
@@ -89,12 +117,7 @@ class Store:
         Raises StoreOpenError naming the file, or UnsafePathError when the file or SQLite's files beside it are
         symlinks (SQLite would follow them) or not ours.
         """
-        for suffix, what in (
-            ("", "state file"),
-            ("-wal", "state WAL file"),
-            ("-shm", "state shared-memory file"),
-        ):
-            check_not_link(path.with_name(path.name + suffix), what)
+        _check_state_files(path)
         try:
             conn = await anyio.to_thread.run_sync(_open_writer, path)
         except SchemaError as exc:
@@ -121,7 +144,44 @@ class Store:
             await reader.close()
             conn.close()
 
+    @classmethod
+    @asynccontextmanager
+    async def open_read_only(cls, path: Path) -> AsyncIterator[Store]:
+        """Open an existing state file to read only: no writer, no migration, no lock needed (WAL lets it read
+        beside a running job). Every write method raises StoreError.
+
+        Raises StoreOpenError naming the file (missing, not a database, another schema version), or
+        UnsafePathError when it or SQLite's files beside it are symlinks or not ours.
+        """
+        _check_state_files(path)
+        if not await anyio.Path(path).exists():
+            raise StoreOpenError(f"{path}: no state file (has the job run yet?)")
+        try:
+            uri = await anyio.to_thread.run_sync(lambda: f"{path.resolve().as_uri()}?mode=ro")
+            reader = await aiosqlite.connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            raise StoreOpenError(f"{path}: cannot open state database for reading ({exc})") from None
+        try:
+            try:
+                async with reader.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cursor:
+                    row = await cursor.fetchone()
+            except sqlite3.Error as exc:
+                raise StoreOpenError(f"{path}: not a usable state database ({exc})") from None
+            version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
+            if version is None:
+                raise StoreOpenError(f"{path}: not a usable state database (no cpis-batch schema version)")
+            if version != SCHEMA_VERSION:
+                raise StoreOpenError(
+                    f"{path}: the state file has schema {version}, this cpis-batch reads {SCHEMA_VERSION}"
+                    " (a run or `cpis-batch purge` of this version brings an older file up to date)"
+                )
+            yield cls(None, reader)
+        finally:
+            await reader.close()
+
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._writer is None:
+            raise StoreError("the state file was opened read-only")
         try:
             return await self._writer.write(fn)
         except WriteFailed as exc:
@@ -137,14 +197,34 @@ class Store:
     @property
     def commit_groups(self) -> int:
         """Group commits so far (for figures: statements per commit)."""
-        return self._writer.groups
+        return self._writer.groups if self._writer is not None else 0
 
     # -- runs ---------------------------------------------------------------------------------------------
 
     async def begin_or_resume_run(
-        self, *, run_id: str, job_name: str, input_fingerprint: str, reference_date: str
+        self,
+        *,
+        run_id: str,
+        job_name: str,
+        input_fingerprint: str,
+        reference_date: str,
+        sender: SenderIdentity | None = None,
     ) -> Run:
-        """Continue the unfinished run of this job and input, or start a new one."""
+        """Continue the unfinished run of this job and input, or start a new one.
+
+        `sender` is who this process's queries come from; each `query_sent` audit row copies it.
+        """
+        who = (
+            (
+                sender.asid,
+                sender.ods_code,
+                sender.responsible_person_name,
+                sender.responsible_person_role_code,
+                sender.responsible_person_role_name,
+            )
+            if sender is not None
+            else (None,) * 5
+        )
 
         def fn(conn: sqlite3.Connection) -> Run:
             row = conn.execute(
@@ -153,27 +233,32 @@ class Store:
                 (job_name, input_fingerprint, RunStatus.RUNNING.value, RunStatus.FAILED.value),
             ).fetchone()
             if row is not None:
-                conn.execute("UPDATE runs SET status = ? WHERE run_id = ?", (RunStatus.RUNNING.value, row[0]))
+                conn.execute(
+                    f"UPDATE runs SET status = ?, {_SENDER_SET} WHERE run_id = ?",  # noqa: S608 (fixed names)
+                    (RunStatus.RUNNING.value, *who, row[0]),
+                )
                 _audit(conn, row[0], "run_resumed")
                 return Run(row[0], job_name, row[1], row[2], resumed=True)
             started = utcnow()
             conn.execute(
-                "INSERT INTO runs (run_id, job_name, input_fingerprint, reference_date, started_at, status)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, job_name, input_fingerprint, reference_date, started, RunStatus.RUNNING.value),
+                "INSERT INTO runs (run_id, job_name, input_fingerprint, reference_date, started_at, status,"  # noqa: S608 (fixed names)
+                f" {_SENDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, job_name, input_fingerprint, reference_date, started, RunStatus.RUNNING.value, *who),
             )
             _audit(conn, run_id, "run_started")
             return Run(run_id, job_name, reference_date, started, resumed=False)
 
         return await self._write(fn)
 
-    async def end_run(self, run_id: str, status: RunStatus) -> None:
-        """Mark the run complete, or failed (a rerun of the same input resumes a failed run)."""
+    async def end_run(self, run_id: str, status: RunStatus, summary_json: str | None = None) -> None:
+        """Mark the run complete, or failed (a rerun of the same input resumes a failed run). A complete run
+        keeps its `summary.json` (`summary_json`), so its reports can be written again."""
 
         def fn(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?",
-                (status.value, utcnow(), run_id),
+                "UPDATE runs SET status = ?, finished_at = ?, summary_json = COALESCE(?, summary_json)"
+                " WHERE run_id = ?",
+                (status.value, utcnow(), summary_json, run_id),
             )
             _audit(conn, run_id, f"run_{status.value}")
 
@@ -181,13 +266,57 @@ class Store:
 
     # -- children and attempts ----------------------------------------------------------------------------
 
-    async def add_children(self, run_id: str, nhs_numbers: Iterable[str]) -> None:
-        rows = [(run_id, n) for n in nhs_numbers]
+    async def add_children(self, run_id: str, children: Iterable[str | QueryReason]) -> None:
+        """One `queries` row per child (kept when it exists), with why it is queried when that is given; the
+        reason of a child added by an earlier version is filled in."""
+        rows = [
+            (run_id, c, None, None, None, None, None)
+            if isinstance(c, str)
+            else (
+                run_id,
+                c.nhs_number,
+                c.source_file,
+                c.source_row,
+                c.clinic,
+                c.appointment_date,
+                c.input_rows,
+            )
+            for c in children
+        ]
 
         def fn(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT OR IGNORE INTO queries (run_id, nhs_number) VALUES (?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO queries (run_id, nhs_number, source_file, source_row, clinic, appointment_date,"
+                " input_rows) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, nhs_number) DO UPDATE SET"
+                " source_file = excluded.source_file, source_row = excluded.source_row, clinic = excluded.clinic,"
+                " appointment_date = excluded.appointment_date, input_rows = excluded.input_rows"
+                " WHERE queries.source_file IS NULL",
+                rows,
+            )
 
         await self._write(fn)
+
+    async def save_run_inputs(self, run_id: str, parts: Sequence[tuple[int, bytes]]) -> None:
+        """Keep the run's input rows (Parquet parts with their row counts), once: a resumed run keeps the
+        inputs it started with."""
+        written = utcnow()
+        rows = [(run_id, i, n, written, data) for i, (n, data) in enumerate(parts)]
+
+        def fn(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM run_inputs WHERE run_id = ? LIMIT 1", (run_id,)).fetchone():
+                return
+            conn.executemany(
+                "INSERT INTO run_inputs (run_id, part, rows, written_at, frame) VALUES (?, ?, ?, ?, ?)", rows
+            )
+
+        await self._write(fn)
+
+    async def run_inputs(self, run_id: str) -> StoredInputs | None:
+        """The run's input rows as written when it started; None when it kept none (an older version ran it)."""
+        rows = await self._read("SELECT frame FROM run_inputs WHERE run_id = ? ORDER BY part", (run_id,))
+        if not rows:
+            return None
+        return StoredInputs(tuple(bytes(r[0]) if r[0] is not None else None for r in rows))
 
     async def open_children(self, run_id: str) -> list[ChildProgress]:
         """Children of the run without an outcome, with what earlier processes did for them."""
@@ -243,7 +372,18 @@ class Store:
                     AttemptStatus.SENDING.value,
                 ),
             )
-            _audit(conn, ref.run_id, "query_sent", ref.message_id)
+            # The audit row copies who sends (the run's sender) and why (the child's reason) in the attempt's
+            # own transaction: one more statement, no more commits.
+            conn.execute(
+                "INSERT INTO audit (at, run_id, event, message_id, nhs_number, sender_asid, sender_ods_code,"  # noqa: S608 (fixed names)
+                " responsible_person_name, responsible_person_role_code, responsible_person_role_name,"
+                " source_file, source_row, clinic, appointment_date, input_rows)"
+                f" SELECT ?, ?, 'query_sent', ?, ?, {_SENDER_OF_RUN},"
+                " q.source_file, q.source_row, q.clinic, q.appointment_date, q.input_rows"
+                " FROM (SELECT 1) LEFT JOIN runs r ON r.run_id = ?"
+                " LEFT JOIN queries q ON q.run_id = ? AND q.nhs_number = ?",
+                (sent_at, ref.run_id, ref.message_id, ref.nhs_number, ref.run_id, ref.run_id, ref.nhs_number),
+            )
 
         await self._write(fn)
 
@@ -374,7 +514,8 @@ class Store:
 
     async def purge_raw(self, older_than: datetime) -> int:
         """Drop the raw messages of runs started before `older_than` (and of unmatched messages received
-        before it); outcomes, attempts and audit rows stay. Writes one audit row with the count; returns it."""
+        before it), and those runs' input rows; outcomes, attempts and audit rows stay. Writes one audit row
+        with the counts; returns the number of messages."""
         cutoff = older_than.astimezone(UTC).isoformat(timespec="milliseconds")
 
         def fn(conn: sqlite3.Connection) -> int:
@@ -384,12 +525,77 @@ class Store:
                 " OR (run_id IS NULL AND received_at < ?))",
                 (cutoff, cutoff),
             )
-            _audit(conn, None, "raw_purged", None, f"messages={cursor.rowcount} before={cutoff}")
-            return cursor.rowcount
+            messages = cursor.rowcount
+            # Input rows hold names and dates of birth too; the audit rows keep why each child was queried.
+            inputs = conn.execute(
+                "UPDATE run_inputs SET frame = NULL WHERE frame IS NOT NULL"
+                " AND run_id IN (SELECT run_id FROM runs WHERE started_at < ?)",
+                (cutoff,),
+            ).rowcount
+            _audit(
+                conn, None, "raw_purged", None, f"messages={messages} input_parts={inputs} before={cutoff}"
+            )
+            return messages
 
         return await self._write(fn)
 
     # -- reporting -------------------------------------------------------------------------------------------
+
+    async def find_run(self, job_name: str, run_id: str | None = None) -> StoredRun | None:
+        """The job's run whose id is or starts with `run_id` (at least 8 characters, as run folders show it),
+        or with no `run_id` its latest complete run. None when there is no such run, or the prefix is shared."""
+        columns = "run_id, job_name, reference_date, started_at, finished_at, status, summary_json"
+        if run_id is None:
+            rows = await self._read(
+                f"SELECT {columns} FROM runs WHERE job_name = ? AND status = ?"  # noqa: S608 (fixed names)
+                " ORDER BY finished_at DESC, started_at DESC LIMIT 1",
+                (job_name, RunStatus.COMPLETE.value),
+            )
+        else:
+            wanted = run_id.upper()
+            rows = await self._read(
+                f"SELECT {columns} FROM runs WHERE job_name = ?"  # noqa: S608 (fixed names)
+                " AND (run_id = ? OR (length(?) >= 8 AND substr(run_id, 1, length(?)) = ?)) LIMIT 2",
+                (job_name, wanted, wanted, wanted, wanted),
+            )
+        if len(rows) != 1:
+            return None
+        r = rows[0]
+        return StoredRun(r[0], r[1], r[2], r[3], r[4], RunStatus(r[5]), r[6])
+
+    async def audit_entries(
+        self, since: str, before: str, nhs_number: str | None = None
+    ) -> AsyncIterator[list[AuditEntry]]:
+        """The queries sent from `since` up to (not including) `before` (UTC ISO times, as stored), oldest
+        first, with their children's outcomes once known; in batches, so a long period needs little memory."""
+        where = "a.event = 'query_sent' AND a.at >= ? AND a.at < ?"
+        params: tuple[object, ...] = (since, before)
+        if nhs_number is not None:
+            where += " AND a.nhs_number = ?"
+            params += (nhs_number,)
+        sql = (
+            "SELECT a.at, a.run_id, a.message_id, a.nhs_number, a.sender_asid, a.sender_ods_code,"  # noqa: S608 (fixed clauses)
+            " a.responsible_person_name, a.responsible_person_role_code, a.responsible_person_role_name,"
+            " a.source_file, a.source_row, a.clinic, a.appointment_date, a.input_rows, t.status, q.outcome,"
+            " q.reason FROM audit a LEFT JOIN attempts t ON t.message_id = a.message_id"
+            " LEFT JOIN queries q ON q.run_id = a.run_id AND q.nhs_number = a.nhs_number"
+            f" WHERE {where} ORDER BY a.at, a.id"
+        )
+        try:
+            async with self._reader.execute(sql, params) as cursor:
+                while rows := await cursor.fetchmany(AUDIT_BATCH):
+                    yield [AuditEntry(*row) for row in rows]
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database read failed: {exc}") from exc
+
+    async def audit_event(self, event: str, detail: str) -> None:
+        """One audit row for something done outside a run (an export); `detail` holds counts, never patient
+        data."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            _audit(conn, None, event, None, detail)
+
+        await self._write(fn)
 
     async def previous_complete_run(self, job_name: str, run_id: str) -> Run | None:
         """The job's complete run that finished last before `run_id` did (any time, while `run_id` is not
