@@ -29,8 +29,11 @@ from batch.peers import PeerPolicy, PeerPolicyError
 from batch.pipeline import Progress, QueryPipeline
 from batch.ratelimit import SlidingWindowLimiter
 from batch.reports import ReportFrames, ReportPaths, build_reports, write_reports
+from batch.run_inputs import decode as decode_inputs
+from batch.run_inputs import encode as encode_inputs
+from batch.selection import apply_window, query_reasons
 from batch.states import RunStatus
-from batch.store import Run, Store, StoreError
+from batch.store import QueryReason, Run, SenderIdentity, Store, StoreError
 from batch.summary import RunSummary, ThisProcess
 from batch.tls import TlsConfigError, server_context
 from batch.transport import SpineTransport
@@ -83,8 +86,44 @@ async def _mark_failed(store: Store, run: Run) -> None:
             log.error("run %s could not be marked failed; a rerun resumes it all the same", run.run_id)
 
 
-def _children(patients: pl.DataFrame) -> list[str]:
-    return patients.get_column("_nhs_number").drop_nulls().unique().sort().to_list()
+@dataclass(frozen=True)
+class _Prepared:
+    run: Run
+    patients: pl.DataFrame
+    """The run's input rows, as kept in the state (with `_window_reason`)."""
+    children: list[QueryReason]
+    """One per distinct child to query, with why."""
+
+
+def _sender(cfg: JobConfig) -> SenderIdentity:
+    sender = cfg.sender
+    return SenderIdentity(
+        asid=sender.asid,
+        ods_code=sender.ods_code,
+        responsible_person_name=sender.responsible_person_name,
+        responsible_person_role_code=sender.role_code,
+        responsible_person_role_name=sender.role_name,
+    )
+
+
+async def _run_inputs(store: Store, cfg: JobConfig, run: Run, patients: pl.DataFrame) -> pl.DataFrame:
+    """The run's input rows, marked against the appointment window of its reference date. Kept in the state
+    once, when the run starts; a resumed run goes on with the rows it kept, so its reports are those of an
+    uninterrupted run. The frame returned is always the one decoded from the state, which is what
+    `cpis-batch report` reads too."""
+    current = apply_window(patients, cfg.input.window_days, date.fromisoformat(run.reference_date))
+    stored = await store.run_inputs(run.run_id) if run.resumed else None
+    if stored is not None and not stored.dropped:
+        kept = await anyio.to_thread.run_sync(decode_inputs, [p for p in stored.parts if p is not None])
+        if not kept.equals(current):
+            log.warning(
+                "the job's [input] settings read the lists differently from when this run started;"
+                " the run goes on with the rows it started with"
+            )
+        return kept
+    parts = await anyio.to_thread.run_sync(encode_inputs, current)
+    await store.save_run_inputs(run.run_id, parts)
+    return await anyio.to_thread.run_sync(decode_inputs, [data for _, data in parts])
 
 
 def _bind(cfg: JobConfig) -> socket.socket:
@@ -97,21 +136,24 @@ def _bind(cfg: JobConfig) -> socket.socket:
         ) from None
 
 
-async def _prepare(store: Store, cfg: JobConfig, children: list[str], fingerprint: str) -> Run:
+async def _prepare(store: Store, cfg: JobConfig, patients: pl.DataFrame, fingerprint: str) -> _Prepared:
     run = await store.begin_or_resume_run(
         run_id=new_id(),
         job_name=cfg.name,
         input_fingerprint=fingerprint,
         reference_date=datetime.now(UK).date().isoformat(),
+        sender=_sender(cfg),
     )
     run_id_var.set(run.run_id)
+    patients = await _run_inputs(store, cfg, run, patients)
+    children = query_reasons(patients)
     await store.add_children(run.run_id, children)
     # Raw replies hold names, dates of birth and plans; they are kept only `retention.raw_days`.
     purged = await store.purge_raw(datetime.now(UTC) - timedelta(days=cfg.retention.raw_days))
     if purged:
         log.info("dropped the raw messages of %d replies older than %d days", purged, cfg.retention.raw_days)
     failpoint("run_started")
-    return run
+    return _Prepared(run, patients, children)
 
 
 async def _send_and_await(
@@ -183,9 +225,8 @@ async def _finalise(
     children: int,
 ) -> tuple[ReportFrames, RunSummary]:
     """The children's outcomes and the run's counts, read once from the state, as reports and a summary."""
-    outcomes = await store.outcomes(run.run_id)
+    frames = await report_frames(store, run.run_id, run.reference_date, patients)
     counts = await store.run_counts(run.run_id)
-    frames = build_reports(patients, outcomes, date.fromisoformat(run.reference_date))
     summary = _summary(
         cfg,
         run,
@@ -204,15 +245,26 @@ async def _finalise(
     return frames, summary
 
 
+async def report_frames(
+    store: Store, run_id: str, reference_date: str, patients: pl.DataFrame
+) -> ReportFrames:
+    """A run's reports from its input rows and the outcomes in the state: the one way they are built, for the
+    run itself and for `cpis-batch report` alike (which must give the same files)."""
+    outcomes = await store.outcomes(run_id)
+    return build_reports(patients, outcomes, date.fromisoformat(reference_date))
+
+
 async def _report(
     store: Store, cfg: JobConfig, run: Run, frames: ReportFrames, summary: RunSummary, privacy: Privacy
 ) -> ReportPaths:
     private_dir(cfg.output_dir, privacy, "output folder")
     run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
-    reports = write_reports(run_dir, frames, summary.to_json(), privacy)
+    summary_json = summary.to_json()
+    reports = write_reports(run_dir, frames, summary_json, privacy)
     # Readers follow `latest`; it is swapped in one rename, never edited in place.
     point_link(cfg.output_dir / "latest", run_dir.name)
-    await store.end_run(run.run_id, RunStatus.COMPLETE)
+    # The summary is kept with the run: `cpis-batch report` writes it again as it was.
+    await store.end_run(run.run_id, RunStatus.COMPLETE, summary_json)
     return reports
 
 
@@ -289,12 +341,12 @@ async def run_job(
     privacy = privacy or Privacy()
     started = time.monotonic()
     process_started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    children = _children(patients)
     sock = _bind(cfg)
     # Closed on the way out; once the server has taken it over (detached) closing is a no-op.
     with sock:
         async with Store.open(cfg.state) as store:
-            run = await _prepare(store, cfg, children, fingerprint)
+            prepared = await _prepare(store, cfg, patients, fingerprint)
+            run = prepared.run
             try:
                 sending = await _send_and_await(store, cfg, run, sock, ssl_context)
                 frames, summary = await _finalise(
@@ -302,10 +354,10 @@ async def run_job(
                     cfg,
                     run,
                     sending,
-                    patients,
+                    prepared.patients,
                     started=started,
                     process_started_at=process_started_at,
-                    children=len(children),
+                    children=len(prepared.children),
                 )
                 reports = await _report(store, cfg, run, frames, summary, privacy)
             except Exception:

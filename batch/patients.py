@@ -56,6 +56,10 @@ INTERNAL_COLUMNS = (
     DATE_OF_BIRTH,
 )
 
+# Added by the run, not the reader: why a row is not queried although its number is valid (batch/selection.py).
+WINDOW_REASON = "_window_reason"
+RESERVED_COLUMNS = (*INTERNAL_COLUMNS, WINDOW_REASON)
+
 DUPLICATE = WARNINGS["W_DUPLICATE"]
 BAD_APPOINTMENT_DATE = "bad_appointment_date"
 
@@ -453,7 +457,7 @@ def _annotate(
 ) -> pl.DataFrame:
     names = frame.columns
     for name in names:
-        if name in INTERNAL_COLUMNS or name == _BAD_DATE_FLAG:
+        if name in RESERVED_COLUMNS or name == _BAD_DATE_FLAG:
             raise InputError(
                 path, header_row, f"column name '{name}' is reserved for the reader's own columns"
             )

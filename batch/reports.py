@@ -19,11 +19,14 @@ import polars.selectors as cs
 from batch.csvsafe import write_csv
 from batch.failpoints import failpoint
 from batch.files import Privacy, clear_staged, private_dir, stage
-from batch.patients import APPOINTMENT_DATE, INTERNAL_COLUMNS
+from batch.patients import APPOINTMENT_DATE, RESERVED_COLUMNS, WINDOW_REASON
 from batch.states import Outcome
 from batch.store import ChildOutcome
 
-EXCEPTION_OUTCOMES = tuple(o.value for o in Outcome if o not in (Outcome.FLAGGED, Outcome.NOT_FLAGGED))
+# Rows that need a look: neither answered nor deliberately left out of the window.
+EXCEPTION_OUTCOMES = tuple(
+    o.value for o in Outcome if o not in (Outcome.FLAGGED, Outcome.NOT_FLAGGED, Outcome.OUTSIDE_WINDOW)
+)
 
 RESULT_COLUMNS = (
     "source_file",
@@ -89,7 +92,7 @@ class ReportPaths:
 def _input_frame(patients: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     """Input columns as given, renamed `input_<name>` only where they collide with a report column."""
     reserved = set(RESULT_COLUMNS) | set(PLAN_COLUMNS)
-    inputs = [c for c in patients.columns if c not in INTERNAL_COLUMNS]
+    inputs = [c for c in patients.columns if c not in RESERVED_COLUMNS]
     renames = {c: f"input_{c}" for c in inputs if c in reserved}
     return patients.rename(renames), [renames.get(c, c) for c in inputs]
 
@@ -125,6 +128,9 @@ def build_results(patients: pl.DataFrame, outcomes: list[ChildOutcome]) -> pl.Da
     answers = _outcome_frame(outcomes).rename({c: f"{q}{c}" for c in _OUTCOME_SCHEMA})
     joined = frame.join(answers, left_on="_nhs_number", right_on=f"{q}nhs_number", how="left", coalesce=False)
     invalid = pl.col("_nhs_reason").is_not_null()
+    # A valid row outside the appointment window is not answered, even when its child was queried for another.
+    window = pl.col(WINDOW_REASON) if WINDOW_REASON in frame.columns else pl.lit(None, pl.String)
+    skipped = ~invalid & window.is_not_null()
     answer = partial(_column, q)
     results = joined.select(
         cs.by_name(input_cols),
@@ -132,20 +138,27 @@ def build_results(patients: pl.DataFrame, outcomes: list[ChildOutcome]) -> pl.Da
         pl.col("_source_row").alias("source_row"),
         pl.col("_nhs_number").alias("nhs_number"),
         pl.when(invalid)
-        .then(pl.lit("invalid_nhs_number"))
+        .then(pl.lit(Outcome.INVALID_NHS_NUMBER.value))
+        .when(skipped)
+        .then(pl.lit(Outcome.OUTSIDE_WINDOW.value))
         # A valid row with no stored outcome would be a bug; it is reported, never silently dropped.
         .otherwise(answer("outcome").fill_null("error"))
         .alias("outcome"),
         pl.when(invalid)
         .then(pl.col("_nhs_reason"))
+        .when(skipped)
+        .then(window)
         .when(answer("outcome").is_null())
         .then(pl.lit("internal:no_outcome"))
         .otherwise(answer("reason"))
         .alias("reason"),
         pl.col("_nhs_warning").alias("warnings"),
-        answer("attempts").fill_null(0).alias("attempts"),
-        answer("message_id").alias("message_id"),
-        answer("queried_at").alias("queried_at"),
+        pl.when(skipped)
+        .then(pl.lit(0, pl.Int64))
+        .otherwise(answer("attempts").fill_null(0))
+        .alias("attempts"),
+        pl.when(skipped).then(pl.lit(None, pl.String)).otherwise(answer("message_id")).alias("message_id"),
+        pl.when(skipped).then(pl.lit(None, pl.String)).otherwise(answer("queried_at")).alias("queried_at"),
         pl.col(APPOINTMENT_DATE),
     )
     return results.sort("source_file", "source_row")
