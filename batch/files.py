@@ -72,12 +72,36 @@ def private_dir(path: Path, privacy: Privacy, what: str = "folder") -> Path:
                 os.chown(path, -1, privacy.gid)
                 path.chmod(privacy.dir_mode | stat.S_ISGID)
             return path
+    _judge_existing_dir(path, st, what)
+    return path
+
+
+def _judge_existing_dir(path: Path, st: os.stat_result, what: str) -> None:
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePathError(f"{path}: the {what} is a symbolic link; give its real path")
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError(f"{path}: the {what} is not a folder")
     _check_owned_private(path, st, what)
-    return path
+
+
+def check_private_dir(path: Path, what: str = "folder") -> Path | None:
+    """Judge `path` as `private_dir` would, creating nothing (for `cpis-batch check`).
+
+    Returns None when the folder exists and is fine, else the nearest existing parent it would be made in.
+    Raises UnsafePathError for a folder `private_dir` would refuse, or one it could not make (that parent is
+    not a folder we may write in).
+    """
+    try:
+        _judge_existing_dir(path, path.lstat(), what)
+        return None
+    except FileNotFoundError:
+        pass
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UnsafePathError(f"{path}: the {what} does not exist and cannot be made in {parent}")
+    return parent
 
 
 def check_not_link(path: Path, what: str) -> None:

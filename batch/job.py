@@ -27,6 +27,7 @@ from batch.logs import run_id_var
 from batch.outbound import QueryBuilder
 from batch.peers import PeerPolicy, PeerPolicyError
 from batch.pipeline import Progress, QueryPipeline
+from batch.progress import ProgressOptions, reporting
 from batch.ratelimit import SlidingWindowLimiter
 from batch.reports import ReportFrames, ReportPaths, build_reports, write_reports
 from batch.run_inputs import decode as decode_inputs
@@ -157,7 +158,12 @@ async def _prepare(store: Store, cfg: JobConfig, patients: pl.DataFrame, fingerp
 
 
 async def _send_and_await(
-    store: Store, cfg: JobConfig, run: Run, sock: socket.socket, ssl_context: ssl.SSLContext
+    store: Store,
+    cfg: JobConfig,
+    run: Run,
+    sock: socket.socket,
+    ssl_context: ssl.SSLContext,
+    progress: ProgressOptions | None = None,
 ) -> _Sending:
     """Serve the reply endpoint and query every open child until each has an outcome."""
     pending = await store.open_children(run.run_id)
@@ -202,7 +208,8 @@ async def _send_and_await(
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve_inbound, app, sock, server_tls, peers, stop)
-            await pipeline.run(pending)
+            async with reporting(cfg.state, run.run_id, progress):
+                await pipeline.run(pending)
             stop.set()
     return _Sending(
         pipeline.progress,
@@ -331,12 +338,14 @@ async def run_job(
     fingerprint: str,
     ssl_context: ssl.SSLContext,
     privacy: Privacy | None = None,
+    progress: ProgressOptions | None = None,
 ) -> JobResult:
     """Run the job to the end; returns its exit code, reports and summary.
 
     Raises StartupError (the run cannot start), StoreError (the state file cannot be opened), UnsafePathError
     (a path we would write is not safe); any other exception is an internal failure, after which the run is
-    marked failed and a rerun of the same input resumes it.
+    marked failed and a rerun of the same input resumes it. `progress`: how to report progress while
+    sending and waiting (None: not at all).
     """
     privacy = privacy or Privacy()
     started = time.monotonic()
@@ -348,7 +357,7 @@ async def run_job(
             prepared = await _prepare(store, cfg, patients, fingerprint)
             run = prepared.run
             try:
-                sending = await _send_and_await(store, cfg, run, sock, ssl_context)
+                sending = await _send_and_await(store, cfg, run, sock, ssl_context, progress)
                 frames, summary = await _finalise(
                     store,
                     cfg,

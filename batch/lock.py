@@ -53,3 +53,22 @@ def _holder(fd: int) -> str:
         return os.pread(fd, _PID_WIDTH, 0).decode(errors="replace").strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def lock_holder(path: Path, proc_locks: Path = Path("/proc/locks")) -> int | None:
+    """The pid of the process holding the job's lock, or None when nobody does; the lock is not taken.
+
+    Read from the kernel's table of file locks (Linux `/proc/locks`: `<n>: FLOCK ADVISORY WRITE <pid>
+    <major>:<minor>:<inode> ...`). Raises OSError when that table cannot be read.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in proc_locks.read_text().splitlines():
+        parts = line.split()
+        # Waiting lockers are listed as "<n>: -> FLOCK ..."; only the holder counts.
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == device and parts[4].isdigit():
+            return int(parts[4])
+    return None

@@ -67,6 +67,7 @@ _BAD_DATE_FLAG = "__bad_appointment_date"
 _DEFAULT_DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y")
 _OTHER_DELIMITERS = (",", ";", "\t", "|")
 _BLANK = " \t\r\n\ufeff"
+_UTF8_BOM = b"\xef\xbb\xbf"
 # Leading bytes of files that are sometimes saved with a .csv name but are not CSV text.
 _NOT_TEXT_MAGIC = (
     (b"PAR1", "file holds Parquet data, not CSV text (name it .parquet)"),
@@ -366,16 +367,19 @@ def _check_duplicate_names(path: Path, names: list[str], header_row: int | None)
 # --- Parquet ------------------------------------------------------------------------------------------
 
 
-def _read_parquet(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
-    unreadable = "not a readable Parquet file (corrupt or truncated)"
-    # One scan: its schema and row count come from the footer, so both caps hold before any data is read.
+_UNREADABLE_PARQUET = "not a readable Parquet file (corrupt or truncated)"
+
+
+def _parquet_schema(path: Path, spec: InputSpec) -> tuple[pl.LazyFrame, pl.Schema]:
+    """The file's scan and schema, from its footer alone, with the NHS number column's and every column's type
+    checked."""
     scan = pl.scan_parquet(path, glob=False, hive_partitioning=False)
     try:
         schema = scan.collect_schema()
     except pl.exceptions.DuplicateError:
         raise InputError(path, None, "duplicate column names") from None
     except pl.exceptions.PolarsError:
-        raise InputError(path, None, unreadable) from None
+        raise InputError(path, None, _UNREADABLE_PARQUET) from None
     if len(schema) > MAX_COLUMNS:
         raise _too_many_columns(path, None, len(schema))
     name = _match_column(schema.names(), spec.nhs_number_column)
@@ -393,6 +397,12 @@ def _read_parquet(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None
     for column, dtype in schema.items():
         if not _textual(dtype):
             raise InputError(path, None, f"column '{column}' is {_type_name(dtype)}: {_unreportable(dtype)}")
+    return scan, schema
+
+
+def _read_parquet(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
+    # One scan: its schema and row count come from the footer, so both caps hold before any data is read.
+    scan, _ = _parquet_schema(path, spec)
     try:
         rows = scan.select(pl.len()).collect().item()
         if rows > MAX_ROWS:
@@ -401,7 +411,7 @@ def _read_parquet(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None
             )
         frame = scan.collect()
     except pl.exceptions.PolarsError:
-        raise InputError(path, None, unreadable) from None
+        raise InputError(path, None, _UNREADABLE_PARQUET) from None
     return frame, None
 
 
@@ -452,15 +462,11 @@ def _appointment_date(column: str, dtype: pl.DataType, fmt: str | None) -> pl.Ex
     return pl.coalesce([text.str.strptime(pl.Date, f, strict=False) for f in formats])
 
 
-def _annotate(
-    frame: pl.DataFrame, path: Path, header_row: int | None, spec: InputSpec, profile: Profile
-) -> pl.DataFrame:
-    names = frame.columns
-    for name in names:
-        if name in RESERVED_COLUMNS or name == _BAD_DATE_FLAG:
-            raise InputError(
-                path, header_row, f"column name '{name}' is reserved for the reader's own columns"
-            )
+def _locate_columns(
+    names: list[str], path: Path, header_row: int | None, spec: InputSpec
+) -> tuple[str, str | None, list[tuple[str, str]]]:
+    """The list's names for the configured columns: NHS number, appointment date, and (found, internal) for
+    the optional context columns. Raises InputError naming the first configured column not found."""
     nhs_column = _match_column(names, spec.nhs_number_column)
     if nhs_column is None:
         hint = _delimiter_hint(names, spec)
@@ -476,6 +482,19 @@ def _annotate(
         if found is None:
             raise InputError(path, header_row, f"column '{wanted}' not found")
         context.append((found, internal))
+    return nhs_column, date_column, context
+
+
+def _annotate(
+    frame: pl.DataFrame, path: Path, header_row: int | None, spec: InputSpec, profile: Profile
+) -> pl.DataFrame:
+    names = frame.columns
+    for name in names:
+        if name in RESERVED_COLUMNS or name == _BAD_DATE_FLAG:
+            raise InputError(
+                path, header_row, f"column name '{name}' is reserved for the reader's own columns"
+            )
+    nhs_column, date_column, context = _locate_columns(names, path, header_row, spec)
 
     # Row numbers count every data record, so blank lines dropped below still leave later rows numbered
     # as they are in the file.
@@ -557,3 +576,71 @@ def read_patient_lists(
     combined = combined.with_columns(pl.when(warning != "").then(warning).alias(NHS_WARNING))
     originals = [name for name in combined.columns if name not in INTERNAL_COLUMNS and name != _BAD_DATE_FLAG]
     return combined.select(cs.by_name(*originals, *INTERNAL_COLUMNS))
+
+
+# --- header only (cpis-batch check) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListHeader:
+    """What `read_list_header` found: counts only (a header-less file's first line would be patient data)."""
+
+    path: Path
+    kind: str
+    """`CSV` or `Parquet`."""
+    columns: int
+
+
+def _csv_header_names(path: Path, spec: InputSpec) -> tuple[list[str], int]:
+    with path.open("rb") as handle:
+        head = handle.read(MAX_LINE_BYTES + 1)
+    for magic, reason in _NOT_TEXT_MAGIC:
+        if head.startswith(magic):
+            raise InputError(path, None, reason)
+    lines = head.split(b"\n")
+    # The header is the first line that is not blank (the reader skips blank lines too).
+    found = next(
+        ((row, raw) for row, raw in enumerate(lines, start=1) if raw.removeprefix(_UTF8_BOM).strip(b" \t\r")),
+        None,
+    )
+    if found is None:
+        raise InputError(path, None, "empty file")
+    row, raw = found
+    if row == len(lines) and len(head) > MAX_LINE_BYTES:
+        # Cut short by the read: no end of line within the first MAX_LINE_BYTES.
+        raise InputError(path, row, f"line longer than {MAX_LINE_BYTES} bytes")
+    if b"\x00" in raw:
+        raise InputError(path, row, "binary data (NUL byte), not CSV text")
+    try:
+        text = raw.decode(_text_encoding(spec))
+    except UnicodeDecodeError:
+        raise InputError(
+            path, row, f"bytes that are not valid {spec.encoding} text (is the file in another encoding?)"
+        ) from None
+    cells = next(csv.reader([text.rstrip("\r")], delimiter=spec.delimiter), [])
+    if len(cells) > MAX_COLUMNS:
+        raise _too_many_columns(path, row, len(cells))
+    names = _header_names(cells)
+    _check_duplicate_names(path, names, header_row=row)
+    return names, row
+
+
+def read_list_header(path: Path, spec: InputSpec) -> ListHeader:
+    """Check one list as far as its CSV header or Parquet schema goes, reading no data row: a supported,
+    readable regular file, its column count, duplicate names, every configured column present (and, for
+    Parquet, column types). Raises InputError as `read_patient_lists` would."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES:
+        expected = ", ".join(sorted(CSV_SUFFIXES | PARQUET_SUFFIXES))
+        raise InputError(path, None, f"unsupported file type '{suffix}' (expected {expected})")
+    _check_readable(path)
+    try:
+        if suffix in CSV_SUFFIXES:
+            (names, header_row), kind = _csv_header_names(path, spec), "CSV"
+        else:
+            names, header_row, kind = _parquet_schema(path, spec)[1].names(), None, "Parquet"
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    _locate_columns(names, path, header_row, spec)
+    return ListHeader(path, kind, len(names))

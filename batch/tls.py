@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
 
 class TlsConfigError(Exception):
@@ -24,7 +25,8 @@ def _read(path: Path, what: str) -> bytes:
         raise TlsConfigError(f"TLS {what} file {path}: {exc.strerror or exc}") from None
 
 
-def _certificates(path: Path, what: str) -> list[x509.Certificate]:
+def read_certificates(path: Path, what: str) -> list[x509.Certificate]:
+    """Every PEM certificate in the file, in order. Raises TlsConfigError naming the file."""
     data = _read(path, what)
     try:
         certificates = x509.load_pem_x509_certificates(data)
@@ -35,10 +37,11 @@ def _certificates(path: Path, what: str) -> list[x509.Certificate]:
     return certificates
 
 
-def _check_key(path: Path) -> None:
+def read_private_key(path: Path) -> PrivateKeyTypes:
+    """The file's unencrypted PEM private key. Raises TlsConfigError naming the file."""
     data = _read(path, "key")
     try:
-        serialization.load_pem_private_key(data, password=None)
+        return serialization.load_pem_private_key(data, password=None)
     except TypeError:
         # Encrypted keys would make OpenSSL prompt on the terminal; a batch service cannot answer.
         raise TlsConfigError(
@@ -64,8 +67,8 @@ def _no_password() -> bytes:
 
 
 def _load_identity(context: ssl.SSLContext, cert: Path, key: Path) -> None:
-    _certificates(cert, "certificate")
-    _check_key(key)
+    read_certificates(cert, "certificate")
+    read_private_key(key)
     try:
         context.load_cert_chain(certfile=cert, keyfile=key, password=_no_password)
     except ssl.SSLError as exc:
@@ -75,7 +78,7 @@ def _load_identity(context: ssl.SSLContext, cert: Path, key: Path) -> None:
 
 
 def _load_trust(context: ssl.SSLContext, ca: Path) -> None:
-    _certificates(ca, "CA")
+    read_certificates(ca, "CA")
     try:
         context.load_verify_locations(cafile=ca)
     except ssl.SSLError as exc:
@@ -120,12 +123,12 @@ def _remaining_days(leaf: x509.Certificate) -> float:
 
 def days_until_expiry(cert: Path) -> float:
     """Days until the (first, i.e. leaf) certificate in the file expires; negative once it has."""
-    return _remaining_days(_certificates(cert, "certificate")[0])
+    return _remaining_days(read_certificates(cert, "certificate")[0])
 
 
 def expiry_warning(cert: Path, within_days: int = 30) -> str | None:
     """A log message when the certificate has expired or expires within the given days, else None."""
-    leaf = _certificates(cert, "certificate")[0]
+    leaf = read_certificates(cert, "certificate")[0]
     remaining = _remaining_days(leaf)
     expires = leaf.not_valid_after_utc.strftime("%Y-%m-%d %H:%M UTC")
     if remaining < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="cpis-batch",
         description="Nightly CP-IS pre-check: scheduled-care (silent) queries to NHS Spine for clinic lists.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-format",
+        default="plain",
+        choices=logs.LOG_FORMATS,
+        help="log lines on stderr: plain text (default) or one JSON object per line",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
@@ -31,6 +39,24 @@ def _parser() -> argparse.ArgumentParser:
         "failed and the same command resumes it), 75 when another run of the same job holds the lock.",
     )
     run.add_argument("job", type=Path, help="job file (TOML); relative paths in it are relative to the file")
+
+    check = sub.add_parser(
+        "check",
+        help="check a job file, its inputs, certificates, ports and Spine, sending no query",
+        description="Preflight: the job file, the input lists' columns, the certificate and key, the inbound "
+        "port, a mutual-TLS handshake with Spine (nothing sent after it) and the output and state folders. "
+        "One line per check (OK, WARN or FAIL); exit 0 when nothing failed, else 2.",
+    )
+    check.add_argument("job", type=Path, help="job file (TOML)")
+
+    status = sub.add_parser(
+        "status",
+        help="show the current or last run and the last 7 runs of a job",
+        description="Read the job's state file (read-only; works while a run is going, without its lock): the "
+        "current or last run's progress, outcomes, outstanding children and ETA, and the last 7 runs.",
+    )
+    status.add_argument("job", type=Path, help="job file (TOML)")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     purge = sub.add_parser(
         "purge",
@@ -69,13 +95,28 @@ def _certs(directory: Path, force: bool) -> int:
     return Exit.OK
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cpis-batch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     if args.command == "run":
         from batch.cli.run import run_command
 
         return run_command(args.job)
+    if args.command == "check":
+        from batch.cli.check import check_command
+
+        return check_command(args.job)
+    if args.command == "status":
+        from batch.cli.status import status_command
+
+        return status_command(args.job, as_json=args.json)
     if args.command == "purge":
         from batch.cli.purge import purge_command
 

@@ -9,6 +9,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from batch import logs
 from batch.config import JobConfig, load_job
 from batch.exits import Exit
 from batch.files import Privacy, private_dir
@@ -17,7 +18,11 @@ log = logging.getLogger("batch")
 
 
 def fail(message: str, code: Exit) -> int:
-    print(f"cpis-batch: error: {message}", file=sys.stderr)
+    if logs.is_json():
+        # stderr holds JSON lines only: the one-line error is a record too.
+        log.error("cpis-batch: error: %s", message, extra=logs.fields({"exit_code": int(code)}))
+    else:
+        print(f"cpis-batch: error: {message}", file=sys.stderr)
     return code
 
 

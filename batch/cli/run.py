@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+import ssl
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anyio
+import polars as pl
 
+from batch import logs
 from batch.cli.common import check_folders, fail, internal_failure, known, open_job
-from batch.config import ConfigError
+from batch.config import ConfigError, JobConfig
 from batch.exits import Exit
-from batch.files import UnsafePathError
-from batch.job import StartupError, input_fingerprint, run_job
+from batch.files import Privacy, UnsafePathError
+from batch.job import JobResult, StartupError, input_fingerprint, run_job
 from batch.lock import LockHeld, job_lock
 from batch.patients import InputError, read_patient_lists, resolve_inputs
+from batch.progress import ProgressOptions
 from batch.store import StoreOpenError
 from batch.tls import TlsConfigError, client_context, expiry_warning
 
@@ -24,10 +33,85 @@ log = logging.getLogger("batch")
 _USAGE_ERRORS = (StartupError, StoreOpenError, UnsafePathError)
 
 
+@dataclass(frozen=True)
+class RunLine:
+    """The last line `run` prints on stdout, whatever the exit code: one JSON object for cron mail and log
+    collectors. Counts, ids and paths only. `run_id` is null when the run never started (exit 2, 75)."""
+
+    job: str | None
+    run_id: str | None
+    exit_code: int
+    outcomes: dict[str, int] = field(default_factory=dict)
+    rows: int | None = None
+    queries_sent: int | None = None
+    duration_s: float | None = None
+    reports: str | None = None
+    event: str = "run_finished"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+
+@dataclass
+class _Started:
+    """What the CLI learns of a run from inside the event loop, even when it fails."""
+
+    job: str | None = None
+    run_id: str | None = None
+    result: JobResult | None = None
+
+
+async def _run(
+    cfg: JobConfig,
+    patients: pl.DataFrame,
+    fingerprint: str,
+    ssl_context: ssl.SSLContext,
+    privacy: Privacy,
+    started: _Started,
+) -> JobResult:
+    progress = ProgressOptions(bar=sys.stdout.isatty() and not logs.is_json())
+    try:
+        started.result = await run_job(cfg, patients, fingerprint, ssl_context, privacy, progress)
+        return started.result
+    finally:
+        run_id = logs.run_id_var.get()
+        started.run_id = None if run_id == "-" else run_id
+
+
+def _ignore_sigusr1() -> None:
+    # SIGUSR1 asks for a progress line while the run sends and waits; before and after that it must not end
+    # the process (its default action).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def run_command(job_file: Path) -> int:
+    started = _Started()
+    code = _run_command(job_file, started)
+    result = started.result
+    line = RunLine(job=started.job, run_id=started.run_id, exit_code=int(code))
+    if result is not None:
+        summary = result.summary
+        line = RunLine(
+            job=summary.job,
+            run_id=result.run_id,
+            exit_code=int(code),
+            outcomes=dict(summary.outcomes),
+            rows=summary.rows,
+            queries_sent=summary.queries_sent,
+            duration_s=summary.duration_s,
+            reports=str(result.reports.directory),
+        )
+    print(line.to_json(), flush=True)
+    return code
+
+
+def _run_command(job_file: Path, started: _Started) -> int:
+    _ignore_sigusr1()
     try:
         job = open_job(job_file)
         cfg = job.cfg
+        started.job = cfg.name
         ssl_context = client_context(cfg.tls.cert, cfg.tls.key, cfg.tls.ca)
         warning = expiry_warning(cfg.tls.cert)
         if warning:
@@ -41,7 +125,7 @@ def run_command(job_file: Path) -> int:
         return fail(str(exc), Exit.USAGE)
     try:
         with job_lock(cfg.lock_path, job.privacy.file_mode):
-            result = anyio.run(run_job, cfg, patients, fingerprint, ssl_context, job.privacy)
+            result = anyio.run(_run, cfg, patients, fingerprint, ssl_context, job.privacy, started)
     except LockHeld as exc:
         return fail(str(exc), Exit.LOCKED)
     except _USAGE_ERRORS as exc:
