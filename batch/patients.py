@@ -597,18 +597,15 @@ def _csv_header_names(path: Path, spec: InputSpec) -> tuple[list[str], int]:
     for magic, reason in _NOT_TEXT_MAGIC:
         if head.startswith(magic):
             raise InputError(path, None, reason)
-    lines = head.split(b"\n")
-    # The header is the first line that is not blank (the reader skips blank lines too).
-    found = next(
-        ((row, raw) for row, raw in enumerate(lines, start=1) if raw.removeprefix(_UTF8_BOM).strip(b" \t\r")),
-        None,
-    )
-    if found is None:
+    if not head.removeprefix(_UTF8_BOM).strip(b" \t\r\n"):
         raise InputError(path, None, "empty file")
-    row, raw = found
-    if row == len(lines) and len(head) > MAX_LINE_BYTES:
-        # Cut short by the read: no end of line within the first MAX_LINE_BYTES.
+    # The reader takes the first line as the header, blank or not.
+    row, end = 1, head.find(b"\n")
+    if end < 0 and len(head) > MAX_LINE_BYTES:
         raise InputError(path, row, f"line longer than {MAX_LINE_BYTES} bytes")
+    raw = head[: end if end >= 0 else len(head)]
+    if _is_utf8(spec.encoding):
+        raw = raw.removeprefix(_UTF8_BOM)
     if b"\x00" in raw:
         raise InputError(path, row, "binary data (NUL byte), not CSV text")
     try:
