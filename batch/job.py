@@ -7,7 +7,7 @@ import logging
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import anyio
 import polars as pl
 
+from batch.changes import RunOutcomes
 from batch.concurrency import PostConcurrency
 from batch.config import JobConfig
 from batch.correlate import ReplyProcessor
@@ -220,6 +221,15 @@ async def _send_and_await(
     )
 
 
+async def previous_outcomes(store: Store, run_id: str) -> RunOutcomes | None:
+    """The job's previous complete run with its children's outcomes, for `changes` (None: the job's first)."""
+    previous = await store.previous_complete_run(run_id)
+    if previous is None:
+        return None
+    outcomes = tuple(await store.outcomes(previous.run_id))
+    return RunOutcomes(previous.run_id, date.fromisoformat(previous.reference_date), outcomes)
+
+
 async def _finalise(
     store: Store,
     cfg: JobConfig,
@@ -249,7 +259,7 @@ async def _finalise(
         replies={d.value: n for d, n in sorted(counts.inbound.items())},
         commit_groups=store.commit_groups,
     )
-    return frames, summary
+    return frames, replace(summary, changes=frames.change_counts())
 
 
 async def report_frames(
@@ -258,7 +268,10 @@ async def report_frames(
     """A run's reports from its input rows and the outcomes in the state: the one way they are built, for the
     run itself and for `cpis-batch report` alike (which must give the same files)."""
     outcomes = await store.outcomes(run_id)
-    return build_reports(patients, outcomes, date.fromisoformat(reference_date))
+    previous = await previous_outcomes(store, run_id)
+    return build_reports(
+        patients, outcomes, date.fromisoformat(reference_date), run_id=run_id, previous=previous
+    )
 
 
 async def _report(

@@ -1,7 +1,9 @@
 """Analyst outputs for one run, written to temporary names and renamed into place.
 
-`results.parquet` has every input row with exactly one outcome; `flagged.parquet`/`flagged.csv` one row per
-input row per plan; `exceptions.csv` the rows that are neither flagged nor not_flagged; `summary.json` counts.
+`results.parquet` has every input row with exactly one outcome; `flagged.parquet`/`flagged.csv`/`flagged.xlsx`
+one row per input row per plan; `exceptions.csv` the rows that need a look; `changes.parquet`/`changes.csv`
+what changed since the job's previous complete run (batch/changes.py); `summary.json` counts;
+`summary.html` the page for people (batch/summary_html.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from pathlib import Path
 import polars as pl
 import polars.selectors as cs
 
+from batch.changes import RunOutcomes, change_counts, changes_frame, compare_runs
+from batch.context import PERSON_COLUMNS, child_context, row_context
 from batch.csvsafe import write_csv
 from batch.failpoints import failpoint
 from batch.files import Privacy, clear_staged, private_dir, stage
 from batch.patients import APPOINTMENT_DATE, RESERVED_COLUMNS, WINDOW_REASON
 from batch.states import Outcome
 from batch.store import ChildOutcome
+from batch.summary import RunSummary
+from batch.summary_html import render_summary_html
+from batch.xlsx import write_xlsx
 
 # Rows that need a look: neither answered nor deliberately left out of the window.
 EXCEPTION_OUTCOMES = tuple(
@@ -87,6 +94,10 @@ class ReportPaths:
     flagged_csv: Path
     exceptions: Path
     summary: Path
+    flagged_xlsx: Path
+    changes_parquet: Path
+    changes_csv: Path
+    summary_html: Path
 
 
 def _input_frame(patients: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
@@ -206,6 +217,18 @@ class ReportFrames:
     results: pl.DataFrame
     flagged: pl.DataFrame
     exceptions: pl.DataFrame
+    changes: pl.DataFrame
+    """Since `previous` (batch/changes.py), with the child's name, date of birth and clinic from its first row."""
+    context: pl.DataFrame
+    """Per input row (`source_file`, `source_row`): who it is about (batch/context.py), for summary.html."""
+    previous: RunOutcomes | None
+    """The job's previous complete run; None on its first."""
+
+    def change_counts(self) -> dict[str, int] | str:
+        """Change rows per kind, every kind present; `first_run` when there was nothing to compare with."""
+        if self.previous is None:
+            return "first_run"
+        return change_counts_of(self.changes)
 
     def outcome_counts(self) -> dict[str, int]:
         """Rows per outcome, every outcome present (the one place outcomes are counted)."""
@@ -215,19 +238,45 @@ class ReportFrames:
         return counts
 
 
-def build_reports(patients: pl.DataFrame, outcomes: list[ChildOutcome], reference_date: date) -> ReportFrames:
+def change_counts_of(changes: pl.DataFrame) -> dict[str, int]:
+    counts = change_counts([])
+    for kind, n in changes.group_by("change").len().iter_rows():
+        counts[kind] = n
+    return counts
+
+
+def build_changes(patients: pl.DataFrame, current: RunOutcomes, previous: RunOutcomes | None) -> pl.DataFrame:
+    """The `changes` report: the comparison's rows with the child's name, date of birth and clinic."""
+    changes = compare_runs(previous, current) if previous is not None else []
+    frame = changes_frame(changes, previous, current.run_id, current.reference_date)
+    people = frame.join(child_context(patients), on="nhs_number", how="left", maintain_order="left")
+    return people.select("nhs_number", *PERSON_COLUMNS, pl.exclude("nhs_number", *PERSON_COLUMNS))
+
+
+def build_reports(
+    patients: pl.DataFrame,
+    outcomes: list[ChildOutcome],
+    reference_date: date,
+    *,
+    run_id: str,
+    previous: RunOutcomes | None,
+) -> ReportFrames:
+    """Every report frame of the run; `previous` is the job's previous complete run (None: its first)."""
     results = build_results(patients, outcomes)
     flagged = build_flagged(results, outcomes, reference_date)
+    changes = build_changes(patients, RunOutcomes(run_id, reference_date, tuple(outcomes)), previous)
     public = results.drop(APPOINTMENT_DATE)
     exceptions = public.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
-    return ReportFrames(public, flagged, exceptions)
+    return ReportFrames(public, flagged, exceptions, changes, row_context(patients), previous)
 
 
 def write_reports(directory: Path, frames: ReportFrames, summary_json: str, privacy: Privacy) -> ReportPaths:
     """Write every report under a temporary name, then rename each into place (a reader never sees half a file).
 
-    Raises UnsafePathError when the run folder exists but is not a private folder of ours.
+    Raises UnsafePathError when the run folder exists but is not a private folder of ours. `summary.html` is
+    made from the frames and `summary_json`, so writing a run's reports again gives the same page.
     """
+    summary_html = render_summary_html(frames, RunSummary.from_json(summary_json))
     private_dir(directory, privacy, "run folder")
     # Staged files of a process killed mid-write are never renamed into place; clear them away.
     clear_staged(directory)
@@ -238,6 +287,10 @@ def write_reports(directory: Path, frames: ReportFrames, summary_json: str, priv
         flagged_csv=directory / "flagged.csv",
         exceptions=directory / "exceptions.csv",
         summary=directory / "summary.json",
+        flagged_xlsx=directory / "flagged.xlsx",
+        changes_parquet=directory / "changes.parquet",
+        changes_csv=directory / "changes.csv",
+        summary_html=directory / "summary.html",
     )
     writers: list[tuple[Path, Callable[[Path], object]]] = [
         (paths.results, frames.results.write_parquet),
@@ -245,6 +298,10 @@ def write_reports(directory: Path, frames: ReportFrames, summary_json: str, priv
         (paths.flagged_csv, lambda p: write_csv(frames.flagged, p)),
         (paths.exceptions, lambda p: write_csv(frames.exceptions, p)),
         (paths.summary, lambda p: p.write_text(summary_json)),
+        (paths.flagged_xlsx, lambda p: write_xlsx(frames.flagged, p, "flagged")),
+        (paths.changes_parquet, frames.changes.write_parquet),
+        (paths.changes_csv, lambda p: write_csv(frames.changes, p)),
+        (paths.summary_html, lambda p: p.write_text(summary_html, encoding="utf-8")),
     ]
     staged = [(final, stage(final, write, privacy)) for final, write in writers]
     failpoint("reports_staged")

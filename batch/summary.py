@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class RunSummary:
     sending_duration_s: float
     achieved_rate_per_s: float | None
     configured_rate_per_s: float
+    changes: dict[str, int] | str = "first_run"
+    """Rows of `changes.parquet` per change kind (batch/changes.py), or `first_run` when the job had no complete
+    run to compare with."""
 
     @property
     def incomplete(self) -> int:
@@ -59,3 +62,12 @@ class RunSummary:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RunSummary:
+        """The summary `to_json` wrote (keys it does not know are ignored)."""
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["this_process"] = ThisProcess(**data["this_process"])
+        return cls(**values)

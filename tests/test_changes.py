@@ -314,7 +314,7 @@ async def test_the_previous_complete_run_is_the_jobs_last_finished_one(tmp_path:
             )
 
         first = await begin("R1", "a")
-        assert await store.previous_complete_run("job", "R1") is None
+        assert await store.previous_complete_run("R1") is None
         await store.end_run("R1", RunStatus.COMPLETE)
         await begin("R2", "b")
         await store.end_run("R2", RunStatus.FAILED)
@@ -322,16 +322,16 @@ async def test_the_previous_complete_run_is_the_jobs_last_finished_one(tmp_path:
         await store.end_run("OTHER", RunStatus.COMPLETE)
         third = await begin("R3", "d")
         # Neither a failed run nor another job's run counts.
-        assert await store.previous_complete_run("job", "R3") == first
+        assert await store.previous_complete_run("R3") == first
         await store.end_run("R3", RunStatus.COMPLETE)
         fourth = await begin("R4", "e")
-        assert await store.previous_complete_run("job", "R4") == Run(
+        assert await store.previous_complete_run("R4") == Run(
             "R3", "job", "2027-01-10", third.started_at, False
         )
         await store.end_run("R4", RunStatus.COMPLETE)
         # A complete run looks back from when it finished, not from now.
-        assert await store.previous_complete_run("job", "R3") == first
-        assert await store.previous_complete_run("job", "R4") == Run(
+        assert await store.previous_complete_run("R3") == first
+        assert await store.previous_complete_run("R4") == Run(
             "R3", "job", "2027-01-10", third.started_at, False
         )
         assert fourth.run_id == "R4"

@@ -597,16 +597,15 @@ class Store:
 
         await self._write(fn)
 
-    async def previous_complete_run(self, job_name: str, run_id: str) -> Run | None:
-        """The job's complete run that finished last before `run_id` did (any time, while `run_id` is not
-        complete): what the safeguarding team saw before this run's reports. None on a job's first run."""
+    async def previous_complete_run(self, run_id: str) -> Run | None:
+        """The complete run of the same job that finished last before `run_id` did (any time, while `run_id` is
+        not complete): what the safeguarding team had before this run's reports. None on a job's first run."""
         rows = await self._read(
-            "SELECT p.run_id, p.job_name, p.reference_date, p.started_at FROM runs p"
-            " LEFT JOIN runs r ON r.run_id = ?"
-            " WHERE p.job_name = ? AND p.status = ? AND p.run_id != ?"
-            " AND (r.status IS NOT ? OR p.finished_at < r.finished_at)"
+            "SELECT p.run_id, p.job_name, p.reference_date, p.started_at FROM runs r"
+            " JOIN runs p ON p.job_name = r.job_name AND p.run_id != r.run_id"
+            " WHERE r.run_id = ? AND p.status = ? AND (r.status != ? OR p.finished_at < r.finished_at)"
             " ORDER BY p.finished_at DESC, p.started_at DESC LIMIT 1",
-            (run_id, job_name, RunStatus.COMPLETE.value, run_id, RunStatus.COMPLETE.value),
+            (run_id, RunStatus.COMPLETE.value, RunStatus.COMPLETE.value),
         )
         return Run(rows[0][0], rows[0][1], rows[0][2], rows[0][3], resumed=False) if rows else None
 

@@ -1,0 +1,101 @@
+"""A report as an Excel workbook that keeps every value as it is.
+
+Opened from CSV, Excel turns an NHS number or a phone number into a number (dropping a leading zero, or
+writing 9.43E+09). Here every text value is written as a text cell in a text-formatted column, so it stays
+exactly the Parquet value; ISO date columns become date cells shown `yyyy-mm-dd`; numbers and true/false stay
+typed. No cell is ever a formula or a link: text that starts with `=` is text. The header row is frozen and
+carries an autofilter.
+
+The cells are written with xlsxwriter directly, not as an Excel table (as `polars.DataFrame.write_excel`
+does): a table needs column names that differ ignoring case, and a clinic list may not have them.
+xlsxwriter keeps the workbook in memory (`in_memory`), so no part of it goes through the system temporary
+folder.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from xlsxwriter import Workbook
+
+# Columns written as date cells when every value in them is an ISO date.
+DATE_COLUMNS = ("plan_start", "plan_end")
+DATE_FORMAT = "yyyy-mm-dd"
+TEXT_FORMAT = "@"
+MAX_WIDTH = 50
+
+_OPTIONS = {
+    "in_memory": True,
+    "strings_to_numbers": False,
+    "strings_to_formulas": False,
+    "strings_to_urls": False,
+    "nan_inf_to_errors": True,
+}
+
+
+def _typed_dates(frame: pl.DataFrame) -> pl.DataFrame:
+    """ISO date text columns as dates, when every non-empty value is one (else left as text)."""
+    for name in DATE_COLUMNS:
+        if name not in frame.columns or frame.schema[name] != pl.String:
+            continue
+        column = frame.get_column(name)
+        parsed = column.str.strptime(pl.Date, "%Y-%m-%d", strict=False)
+        if parsed.null_count() == column.null_count():
+            frame = frame.with_columns(parsed.alias(name))
+    return frame
+
+
+def _width(frame: pl.DataFrame, name: str) -> int:
+    values = frame.get_column(name).head(1000).cast(pl.String).str.len_chars().max()
+    longest = max(len(name), values if isinstance(values, int) else 0)
+    return min(longest + 2, MAX_WIDTH)
+
+
+def write_xlsx(frame: pl.DataFrame, path: Path, sheet: str) -> None:
+    """Write `frame` as one worksheet named `sheet` to `path` (an existing file is replaced)."""
+    frame = _typed_dates(frame)
+    workbook = Workbook(str(path), _OPTIONS)
+    try:
+        sheet_ = workbook.add_worksheet(sheet)
+        header = workbook.add_format({"bold": True, "bottom": 1, "num_format": TEXT_FORMAT})
+        text = workbook.add_format({"num_format": TEXT_FORMAT})
+        day = workbook.add_format({"num_format": DATE_FORMAT})
+        writers: list[Any] = []
+        for col, (name, dtype) in enumerate(frame.schema.items()):
+            sheet_.write_string(0, col, name, header)
+            if dtype == pl.Date:
+                sheet_.set_column(col, col, max(_width(frame, name), 12), day)
+                writers.append((sheet_.write_datetime, day))
+            elif dtype == pl.Boolean:
+                sheet_.set_column(col, col, _width(frame, name))
+                writers.append((sheet_.write_boolean, None))
+            elif dtype.is_numeric():
+                sheet_.set_column(col, col, _width(frame, name))
+                writers.append((sheet_.write_number, None))
+            else:
+                sheet_.set_column(col, col, _width(frame, name), text)
+                writers.append((_text_writer(sheet_), text))
+        for row, values in enumerate(frame.iter_rows(), start=1):
+            for col, value in enumerate(values):
+                if value is None:
+                    continue
+                write, fmt = writers[col]
+                write(row, col, value, fmt)
+        sheet_.freeze_panes(1, 0)
+        sheet_.autofilter(0, 0, max(frame.height, 1), max(frame.width - 1, 0))
+    finally:
+        workbook.close()
+
+
+def _text_writer(sheet: Any) -> Any:
+    def write(row: int, col: int, value: object, fmt: Any) -> None:
+        sheet.write_string(row, col, value if isinstance(value, str) else _text(value), fmt)
+
+    return write
+
+
+def _text(value: object) -> str:
+    return value.isoformat() if isinstance(value, date) else str(value)

@@ -1,0 +1,95 @@
+"""flagged.xlsx: every text value a text cell, exactly as in Parquet; ISO dates as dates; frozen, filterable header."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import openpyxl
+import polars as pl
+
+from batch.xlsx import write_xlsx
+
+FRAME = pl.DataFrame(
+    {
+        "NHS No": ["999 000 0018", "9990000026", None],
+        "nhs_number": ["9990000018", "0990000026", None],
+        "Name": ['=HYPERLINK("http://x","click")', "http://example.invalid/a", "@SUM(A1)"],
+        "name": ["lower-case twin", "", "+1"],
+        "source_row": [1, 2, 3],
+        "plan_start": ["2026-05-01", None, "2024-02-29"],
+        "plan_end": ["2026-05-01T10:30", None, None],
+        "plan_active_on_appointment": [True, False, None],
+        "la_office_phone": ["01632960000", "+441632960000", "0"],
+        "la_code": ["E09000001", "00AB", "1E3"],
+    }
+)
+
+
+def _read(path: Path) -> tuple[list[list[object]], list[list[str]], openpyxl.worksheet.worksheet.Worksheet]:
+    sheet = openpyxl.load_workbook(path).active
+    assert sheet is not None
+    values = [[cell.value for cell in row] for row in sheet.iter_rows()]
+    types = [[cell.data_type for cell in row] for row in sheet.iter_rows()]
+    return values, types, sheet
+
+
+def test_text_stays_text_dates_are_dates_and_nothing_is_a_formula(tmp_path: Path) -> None:
+    path = tmp_path / "flagged.xlsx"
+    write_xlsx(FRAME, path, "flagged")
+    values, types, sheet = _read(path)
+    assert sheet.title == "flagged"
+    assert values == [
+        list(FRAME.columns),
+        [
+            "999 000 0018",
+            "9990000018",
+            '=HYPERLINK("http://x","click")',
+            "lower-case twin",
+            1,
+            datetime(2026, 5, 1),
+            "2026-05-01T10:30",  # not every value an ISO date: the column stays text
+            True,
+            "01632960000",
+            "E09000001",
+        ],
+        [
+            "9990000026",
+            "0990000026",
+            "http://example.invalid/a",
+            "",
+            2,
+            None,
+            None,
+            False,
+            "+441632960000",
+            "00AB",
+        ],
+        [None, None, "@SUM(A1)", "+1", 3, datetime(2024, 2, 29), None, None, "0", "1E3"],
+    ]
+    text_columns = [
+        i for i, dtype in enumerate(FRAME.dtypes) if dtype == pl.String and FRAME.columns[i] != "plan_start"
+    ]
+    for row, row_values in zip(types[1:], values[1:], strict=True):
+        for col in text_columns:
+            if row_values[col] is not None:
+                assert row[col] == "s", (FRAME.columns[col], row_values[col])
+    assert sheet["F2"].number_format == "yyyy-mm-dd"
+    assert sheet["I2"].number_format == "@"
+    assert not sheet._hyperlinks
+
+
+def test_header_is_frozen_and_filtered(tmp_path: Path) -> None:
+    path = tmp_path / "flagged.xlsx"
+    write_xlsx(FRAME, path, "flagged")
+    _, _, sheet = _read(path)
+    assert sheet.freeze_panes == "A2"
+    assert sheet.auto_filter.ref == "A1:J4"
+
+
+def test_an_empty_report_has_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "flagged.xlsx"
+    write_xlsx(FRAME.clear(), path, "flagged")
+    values, _, sheet = _read(path)
+    assert values == [list(FRAME.columns)]
+    assert sheet.freeze_panes == "A2"
