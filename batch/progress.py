@@ -118,6 +118,8 @@ class ProgressReporter:
                         yield
                     finally:
                         tg.cancel_scope.cancel()
+                # The final counts stay on the screen.
+                await self.refresh_bar()
         finally:
             self._conn = None
             conn.close()
@@ -137,11 +139,25 @@ class ProgressReporter:
         snapshot = await self._read()
         if snapshot is None or self._bar is None or self._task is None:
             return
+        # Short enough for an 80-column terminal: the bar's M/N are the children answered; not_flagged is
+        # most of them, so only the outcomes that need a look are named.
         rate = f"{snapshot.rate_per_s:.1f}/s" if snapshot.rate_per_s is not None else "-/s"
-        eta = "done" if snapshot.outstanding == 0 else duration(snapshot.eta_s)
-        outcomes = " ".join(f"{name}={count}" for name, count in snapshot.outcomes.items() if count)
-        detail = (
-            f"sent {snapshot.sent} · awaiting {snapshot.awaiting} · {outcomes or '-'} · {rate} · ETA {eta}"
+        if snapshot.outstanding == 0:
+            eta = "done"
+        else:
+            eta = "replies due" if snapshot.to_send == 0 else duration(snapshot.eta_s)
+        needs_a_look = (
+            f"{name} {count}" for name in ("error", "no_reply") if (count := snapshot.outcomes.get(name))
+        )
+        detail = ", ".join(
+            (
+                f"sent {snapshot.sent}",
+                f"awaiting {snapshot.awaiting}",
+                f"flagged {snapshot.outcomes.get('flagged', 0)}",
+                *needs_a_look,
+                rate,
+                f"ETA {eta}",
+            )
         )
         self._bar.update(
             self._task, total=snapshot.children or None, completed=snapshot.answered, detail=detail
@@ -187,8 +203,7 @@ class ProgressReporter:
         # Log lines go above the bar when both are on the terminal; a redirected stderr is left alone.
         redirect = sys.stderr.isatty()
         bar = Progress(
-            TextColumn("children"),
-            BarColumn(),
+            BarColumn(bar_width=16),
             MofNCompleteColumn(),
             TextColumn("{task.fields[detail]}"),
             console=console,

@@ -195,7 +195,7 @@ async def test_the_bar_draws_counts_on_a_terminal(state: Path) -> None:
         async with reporter.running():
             await reporter.refresh_bar()
     text = out.getvalue()
-    assert "2/4" in text and "sent 3" in text and "flagged=1" in text and "ETA" in text
+    assert "2/4" in text and "sent 3, awaiting 1, flagged 1, error 1," in text and "ETA" in text
     assert lines.records == [], "the bar replaces the periodic lines"
 
 
