@@ -108,12 +108,14 @@ def _sender(cfg: JobConfig) -> SenderIdentity:
     )
 
 
-async def _run_inputs(store: Store, cfg: JobConfig, run: Run, patients: pl.DataFrame) -> pl.DataFrame:
+async def keep_run_inputs(
+    store: Store, run: Run, patients: pl.DataFrame, window_days: int | None
+) -> pl.DataFrame:
     """The run's input rows, marked against the appointment window of its reference date. Kept in the state
     once, when the run starts; a resumed run goes on with the rows it kept, so its reports are those of an
     uninterrupted run. The frame returned is always the one decoded from the state, which is what
     `cpis-batch report` reads too."""
-    current = apply_window(patients, cfg.input.window_days, date.fromisoformat(run.reference_date))
+    current = apply_window(patients, window_days, date.fromisoformat(run.reference_date))
     stored = await store.run_inputs(run.run_id) if run.resumed else None
     if stored is not None and not stored.dropped:
         kept = await anyio.to_thread.run_sync(decode_inputs, [p for p in stored.parts if p is not None])
@@ -147,7 +149,7 @@ async def _prepare(store: Store, cfg: JobConfig, patients: pl.DataFrame, fingerp
         sender=_sender(cfg),
     )
     run_id_var.set(run.run_id)
-    patients = await _run_inputs(store, cfg, run, patients)
+    patients = await keep_run_inputs(store, run, patients, cfg.input.window_days)
     children = query_reasons(patients)
     await store.add_children(run.run_id, children)
     # Raw replies hold names, dates of birth and plans; they are kept only `retention.raw_days`.

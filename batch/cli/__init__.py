@@ -66,6 +66,35 @@ def _parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("job", type=Path, help="job file (TOML)")
 
+    report = sub.add_parser(
+        "report",
+        help="write a run's reports again, from the state",
+        description="Write a complete run's reports again from the state file into a new folder "
+        "(output_dir/report-<run>-<UTC time>/), equal to the originals; reads only (no lock needed). "
+        "Exit 2 when the run cannot be reported again.",
+    )
+    report.add_argument("job", type=Path, help="job file (TOML)")
+    report.add_argument(
+        "--run",
+        metavar="ID",
+        help="the run id, or its first 8 characters or more (default: the last complete run)",
+    )
+
+    audit = sub.add_parser(
+        "audit",
+        help="export the audit trail of the queries sent",
+        description="Export every CP-IS query sent from --since to --until (whole days in Europe/London, both "
+        "included): when, message id, NHS number, our ASID and ODS code, the responsible person, why (source "
+        "file and row, clinic, appointment date) and the child's outcome. The export is written privately and "
+        "recorded in the audit trail (who ran it, counts). Exit 2 for a bad argument.",
+    )
+    audit.add_argument("job", type=Path, help="job file (TOML)")
+    audit.add_argument("--since", required=True, metavar="DATE", help="first day (YYYY-MM-DD)")
+    audit.add_argument("--until", required=True, metavar="DATE", help="last day (YYYY-MM-DD)")
+    audit.add_argument("--nhs-number", metavar="N", help="only the queries about this child")
+    audit.add_argument("--format", required=True, choices=("csv", "parquet"))
+    audit.add_argument("--output", required=True, type=Path, metavar="FILE", help="the file to write (0600)")
+
     certs = sub.add_parser(
         "certs",
         help="make a throw-away development PKI",
@@ -121,6 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from batch.cli.purge import purge_command
 
         return purge_command(args.job)
+    if args.command == "report":
+        from batch.cli.report import report_command
+
+        return report_command(args.job, args.run)
+    if args.command == "audit":
+        from batch.cli.audit import AuditRequest, audit_command
+
+        return audit_command(
+            AuditRequest(args.job, args.since, args.until, args.nhs_number, args.format, args.output)
+        )
     if args.command == "certs":
         return _certs(args.directory, args.force)
     from spine_sim.cli import run_sim

@@ -267,8 +267,8 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
     the responsible person, from the run) and the reason (the first input row with an appointment in the
     window, from the child's `queries` row), so it needs nothing else to be read. Earlier `query_sent` rows
     get the NHS number of their attempt; the rest of what they did not record stays empty. Triggers then
-    refuse every UPDATE and DELETE of an audit row (a later migration that rebuilds the table must recreate
-    them). `run_inputs` holds the run's annotated input rows as Parquet, in parts of bounded size.
+    refuse every UPDATE and DELETE of an audit row, and an INSERT OR REPLACE over one (a later migration that
+    rebuilds the table must recreate them). `run_inputs` holds the run's annotated input rows as Parquet, in parts of bounded size.
     """
     for column in AUDIT_QUERY_COLUMNS:
         conn.execute(f"ALTER TABLE audit ADD COLUMN {column}")
@@ -278,12 +278,14 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
     )
     conn.execute("CREATE INDEX audit_at ON audit (at)")
     conn.execute("CREATE INDEX audit_nhs_number ON audit (nhs_number) WHERE nhs_number IS NOT NULL")
-    for action in ("UPDATE", "DELETE"):
-        # Executed one by one: a trigger's body holds semicolons, which `_script` would split on.
-        conn.execute(
-            f"CREATE TRIGGER audit_no_{action.lower()} BEFORE {action} ON audit"
-            f" BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END"
-        )
+    # Executed one by one: a trigger's body holds semicolons, which `_script` would split on. REPLACE deletes
+    # the row it replaces without firing DELETE triggers, so an insert over an existing id is refused too.
+    for name, when in (
+        ("audit_no_update", "BEFORE UPDATE ON audit"),
+        ("audit_no_delete", "BEFORE DELETE ON audit"),
+        ("audit_no_replace", "BEFORE INSERT ON audit WHEN EXISTS (SELECT 1 FROM audit WHERE id = NEW.id)"),
+    ):
+        conn.execute(f"CREATE TRIGGER {name} {when} BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END")
     for column in (
         "sender_asid TEXT",
         "sender_ods_code TEXT",
