@@ -64,11 +64,11 @@ def normalise_content_id(value: str) -> str:
 # A media type and simple parameters (token or quoted values without escapes): what every sender we have met
 # writes. Anything else (escapes, RFC 2231 continuations, odd spacing the simple form refuses) is read by the
 # standard library's email parser, which costs about 50 us a call.
-_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MIME_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _SIMPLE_TYPE = re.compile(
-    rf"\s*({_TOKEN}/{_TOKEN})\s*((?:;\s*{_TOKEN}\s*=\s*(?:{_TOKEN}|\"[^\"\\\\]*\")\s*)*);?\s*"
+    rf"\s*({_MIME_TOKEN}/{_MIME_TOKEN})\s*((?:;\s*{_MIME_TOKEN}\s*=\s*(?:{_MIME_TOKEN}|\"[^\"\\\\]*\")\s*)*);?\s*"
 )
-_SIMPLE_PARAM = re.compile(rf";\s*({_TOKEN})\s*=\s*({_TOKEN}|\"[^\"\\\\]*\")")
+_SIMPLE_PARAM = re.compile(rf";\s*({_MIME_TOKEN})\s*=\s*({_MIME_TOKEN}|\"[^\"\\\\]*\")")
 
 
 def parse_content_type(value: str) -> ContentType:
