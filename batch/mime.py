@@ -64,7 +64,7 @@ def normalise_content_id(value: str) -> str:
 # A media type and simple parameters (token or quoted values without escapes): what every sender we have met
 # writes. Anything else (escapes, RFC 2231 continuations, odd spacing the simple form refuses) is read by the
 # standard library's email parser, which costs about 50 us a call.
-_MIME_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MIME_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # noqa: S105 (a token pattern, not a password)
 _SIMPLE_TYPE = re.compile(
     rf"\s*({_MIME_TOKEN}/{_MIME_TOKEN})\s*((?:;\s*{_MIME_TOKEN}\s*=\s*(?:{_MIME_TOKEN}|\"[^\"\\\\]*\")\s*)*);?\s*"
 )
