@@ -177,7 +177,7 @@ def _party(parent: etree._Element, tag: str, party_key: str) -> None:
     party.set(_q(EB_NS, "type"), PARTY_TYPE)
 
 
-def _message_header(soap_header: etree._Element, header: MessageHeader) -> None:
+def _message_header(soap_header: etree._Element, header: MessageHeader) -> etree._Element:
     element = etree.SubElement(soap_header, _q(EB_NS, "MessageHeader"), _ext_attrs())
     _party(element, "From", header.from_party)
     _party(element, "To", header.to_party)
@@ -190,6 +190,7 @@ def _message_header(soap_header: etree._Element, header: MessageHeader) -> None:
     _el(data, _q(EB_NS, "Timestamp"), header.timestamp)
     if header.ref_to_message_id:
         _el(data, _q(EB_NS, "RefToMessageId"), header.ref_to_message_id)
+    return element
 
 
 def _serialise(root: etree._Element) -> bytes:
@@ -197,7 +198,7 @@ def _serialise(root: etree._Element) -> bytes:
     return _XML_DECLARATION + etree.tostring(root, xml_declaration=False, encoding="UTF-8")
 
 
-def _manifest(body: etree._Element, payload_cid: str) -> None:
+def _manifest(body: etree._Element, payload_cid: str) -> etree._Element:
     manifest = etree.SubElement(body, _q(EB_NS, "Manifest"), _ext_attrs())
     reference = _el(manifest, _q(EB_NS, "Reference"))
     reference.set(_q(XLINK_NS, "href"), f"cid:{payload_cid}")
@@ -207,29 +208,104 @@ def _manifest(body: etree._Element, payload_cid: str) -> None:
     description = _el(reference, _q(EB_NS, "Description"), "HL7 payload")
     description.set(_q(_XML_NS, "lang"), "en")
     _el(reference, _q(HL7EBXML_NS, "Payload"), style="HL7", encoding="XML", version="3.0")
+    return reference
+
+
+class MessageTemplate:
+    """The ebXML message for one sender, Spine and interaction, built once; `render` fills one attempt in.
+
+    The envelope's fixed parts are built and checked once per job; each attempt sets its conversation id,
+    message id, timestamp and payload reference on the same lxml tree and serialises it. `render` is for one
+    thread at a time (the event loop).
+    """
+
+    def __init__(
+        self, *, from_party: str, to_party: str, cpa_id: str, service: str, action: str, refers: bool = False
+    ) -> None:
+        placeholder = "00000000-0000-4000-8000-000000000000"
+        header = MessageHeader(
+            from_party=from_party,
+            to_party=to_party,
+            cpa_id=cpa_id,
+            conversation_id=placeholder,
+            service=service,
+            action=action,
+            message_id=placeholder,
+            timestamp="1970-01-01T00:00:00Z",
+            ref_to_message_id=placeholder if refers else None,
+        )
+        _validate_outbound(header)
+        envelope, soap_header, soap_body = _envelope()
+        element = _message_header(soap_header, header)
+        etree.SubElement(soap_header, _q(EB_NS, "SyncReply"), _ext_attrs(_NEXT_ACTOR))
+        self._reference = _manifest(soap_body, f"{placeholder}@{CONTENT_ID_DOMAIN}")
+        self._conversation_id = _child(element, "ConversationId")
+        self._message_id = _child(_child(element, "MessageData"), "MessageId")
+        self._timestamp = _child(_child(element, "MessageData"), "Timestamp")
+        self._ref_to = _child(_child(element, "MessageData"), "RefToMessageId") if refers else None
+        self._envelope = envelope
+        self._headers = {"Content-Type": CONTENT_TYPE, "SOAPAction": f"{service}/{action}"}
+
+    def render(
+        self,
+        *,
+        conversation_id: str,
+        message_id: str,
+        timestamp: str,
+        hl7: bytes,
+        ref_to_message_id: str | None = None,
+    ) -> tuple[dict[str, str], bytes]:
+        """HTTP headers and multipart body for one message (§2). Raises ValueError for a bad value, or for a
+        RefToMessageId given to a template without one (or missing from one with one)."""
+        if (ref_to_message_id is None) != (self._ref_to is None):
+            raise ValueError("ref_to_message_id must be given exactly when the template refers to a message")
+        if self._ref_to is not None:
+            self._ref_to.text = _require_line(ref_to_message_id, "ref_to_message_id")
+        _require_message_id(message_id, "message_id")
+        _require_line(conversation_id, "conversation_id")
+        if not _TIMESTAMP.fullmatch(timestamp):
+            raise ValueError("timestamp must be UTC YYYY-MM-DDThh:mm:ssZ")
+        if not hl7:
+            raise ValueError("the HL7 payload is empty")
+        # A delimiter inside the payload would split it into bogus parts on the receiving side.
+        if mime.contains_delimiter(hl7, BOUNDARY):
+            raise ValueError("the HL7 payload contains the MIME boundary")
+        payload_cid = f"{message_id}@{CONTENT_ID_DOMAIN}"
+        self._conversation_id.text = conversation_id
+        self._message_id.text = message_id
+        self._timestamp.text = timestamp
+        self._reference.set(_q(XLINK_NS, "href"), f"cid:{payload_cid}")
+        soap = _serialise(self._envelope)
+        if mime.contains_delimiter(soap, BOUNDARY):
+            raise ValueError("a header value contains the MIME boundary")
+        body = mime.build_related([(EBXML_CONTENT_ID, soap), (payload_cid, hl7)], BOUNDARY)
+        return dict(self._headers), body
 
 
 def build_message(header: MessageHeader, hl7: bytes) -> tuple[dict[str, str], bytes]:
-    """HTTP headers and multipart body for one ebXML message carrying an HL7 payload (§2)."""
-    _validate_outbound(header)
-    if not hl7:
-        raise ValueError("the HL7 payload is empty")
-    # A delimiter inside the payload would split it into bogus parts on the receiving side.
-    if mime.contains_delimiter(hl7, BOUNDARY):
-        raise ValueError("the HL7 payload contains the MIME boundary")
-    payload_cid = f"{header.message_id}@{CONTENT_ID_DOMAIN}"
+    """HTTP headers and multipart body for one ebXML message carrying an HL7 payload (§2); a job renders a
+    `MessageTemplate` instead."""
+    template = MessageTemplate(
+        from_party=header.from_party,
+        to_party=header.to_party,
+        cpa_id=header.cpa_id,
+        service=header.service,
+        action=header.action,
+        refers=header.ref_to_message_id is not None,
+    )
+    return template.render(
+        conversation_id=header.conversation_id,
+        message_id=header.message_id,
+        timestamp=header.timestamp,
+        hl7=hl7,
+        ref_to_message_id=header.ref_to_message_id,
+    )
 
-    envelope, soap_header, soap_body = _envelope()
-    _message_header(soap_header, header)
-    etree.SubElement(soap_header, _q(EB_NS, "SyncReply"), _ext_attrs(_NEXT_ACTOR))
-    _manifest(soap_body, payload_cid)
-    soap = _serialise(envelope)
-    if mime.contains_delimiter(soap, BOUNDARY):
-        raise ValueError("a header value contains the MIME boundary")
 
-    body = mime.build_related([(EBXML_CONTENT_ID, soap), (payload_cid, hl7)], BOUNDARY)
-    http_headers = {"Content-Type": CONTENT_TYPE, "SOAPAction": f"{header.service}/{header.action}"}
-    return http_headers, body
+def _child(parent: etree._Element, name: str) -> etree._Element:
+    element = parent.find(_q(EB_NS, name))
+    assert element is not None  # built just above
+    return element
 
 
 def _signal_header(

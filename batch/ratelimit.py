@@ -11,12 +11,13 @@ so arrivals R apart are at least `window + guard_k - (n_k - n_min)` apart, and t
 trip to Spine's synchronous answer, and its excess over the fastest recent round trip bounds n_k - n_min (the
 rest of the round trip cannot be faster than its own minimum). So each slot's guard is its own measured excess.
 
-A round trip far beyond the usual is Spine holding its answer (a slow acknowledgement), not the request
-crawling there: a request is a few packets, and what delays its arrival (scheduling stalls at either end, a
-queue on the path) delays round trips in general and so shows in their recent distribution. Each guard is
-therefore capped at twice the 90th percentile of recent excesses (at least 1 ms, the resolution of the timers
-involved; a tenth of the window until 16 round trips are known), and a slot whose answer has not come back
-when it matters gets that cap. A fixed 5% slack gave away
+A round trip far beyond the usual may be Spine holding one answer (a slow acknowledgement), not the request
+crawling there. The two are told apart by the neighbours: what delays a request's arrival (a stall at either
+end, a queue on the path) delays the requests sent just before and after it too, while a held answer is the
+request's own. So a slot's excess counts in full when its neighbours share it (the median of the five around
+it is high), and otherwise only up to a cap of twice the 90th percentile of recent excesses (at least 1 ms, the
+resolution of the timers involved; a tenth of the window until 16 round trips are known). A slot whose answer
+has not come back when it matters gets the cap, or its neighbours' shared excess if that is larger. A fixed 5% slack gave away
 5% of the allowance on every run; this gives away only the delay actually met, typically well under 1%
 (measured figures: bench/README.md).
 
@@ -28,8 +29,10 @@ before its first byte (`RateSlot.go`, called from the HTTP client's trace hook) 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
+from collections.abc import Sequence
 
 import anyio
 
@@ -92,6 +95,7 @@ class SlidingWindowLimiter:
         # Below one per window the spacing alone keeps to the rate.
         self._interval = max(window / self.capacity, 1.0 / rate)
         self._slots: deque[RateSlot] = deque(maxlen=self.capacity)
+        self._retired: deque[RateSlot] = deque(maxlen=2)  # the slots just before the oldest, for `guard`
         self._next = -math.inf
         self._lock = anyio.Lock()  # fair: waiters are served in arrival order
         self._round_trips: deque[float] = deque(maxlen=RECENT)
@@ -122,15 +126,27 @@ class SlidingWindowLimiter:
             ordered = sorted(self._excesses)
             self._cap = max(MIN_CAP, 2 * ordered[(len(ordered) * 9) // 10])
 
-    def guard(self, slot: RateSlot) -> float:
+    def _excess(self, slot: RateSlot) -> float | None:
+        # Against the fastest round trip known now, not when the slot's answer came: the first answers of a
+        # run have nothing faster to be compared with yet.
+        if slot.round_trip is None or not self._minimum:
+            return None
+        return max(0.0, slot.round_trip - self._minimum[0])
+
+    def guard(self, slot: RateSlot, neighbours: Sequence[RateSlot] = ()) -> float:
         """The extra spacing after `slot` before the grant `capacity` later (see the module docstring).
 
-        The excess is taken against the fastest round trip known now, not when the slot's answer came: the
-        first answers of a run have nothing faster to be compared with yet.
+        `neighbours` are the slots sent just before and after it. A delay they share is a stall on the way
+        to Spine, which delayed this request too, so the slot's whole excess counts; a delay of its own is
+        Spine holding its answer, and counts only up to the cap.
         """
-        if slot.round_trip is None or not self._minimum:
-            return self._cap
-        return min(max(0.0, slot.round_trip - self._minimum[0]), self._cap)
+        excess = self._excess(slot)
+        around = sorted(math.inf if (e := self._excess(n)) is None else e for n in (*neighbours, slot))
+        shared = around[len(around) // 2] if neighbours else 0.0
+        if excess is None:
+            known = [e for n in neighbours if (e := self._excess(n)) is not None]
+            return max(self._cap, sorted(known)[len(known) // 2] if known else 0.0)
+        return excess if shared > self._cap else min(excess, self._cap)
 
     def seed(self, sent: list[float]) -> None:
         """Count requests already sent at these monotonic times (an earlier process's, before a restart), so
@@ -157,7 +173,7 @@ class SlidingWindowLimiter:
             if len(self._slots) == self.capacity:
                 oldest = self._slots[0]
                 sent_at = await oldest.wait_sent()
-                guard = self.guard(oldest)
+                guard = self.guard(oldest, (*self._retired, *itertools.islice(self._slots, 1, 3)))
                 self.guard_total += guard
                 not_before = sent_at + self.window + guard
                 # Granted ahead by the usual time to reach the gate, so that time is not lost to the rate;
@@ -168,6 +184,8 @@ class SlidingWindowLimiter:
                 await anyio.sleep(earliest - now)
                 now = anyio.current_time()
             slot = RateSlot(self, now, not_before)
+            if len(self._slots) == self.capacity:
+                self._retired.append(self._slots[0])
             self._slots.append(slot)
             # Spaced from when this grant was due, not from when the sleep happened to end: timers wake a
             # little late, and anchoring on the wake-up would lose that time on every grant. After an idle

@@ -4,9 +4,10 @@ import base64
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batch import mime
 from batch.mime import (
     MAX_PARTS,
     ContentType,
@@ -353,3 +354,53 @@ def test_root_part_of_nothing_raises() -> None:
 )
 def test_content_ids_compare_without_brackets_blanks_or_case(value: str, expected: str) -> None:
     assert normalise_content_id(value) == expected
+
+
+# --- the Content-Type fast path agrees with the standard library's reading --------------------------------
+
+_CONTENT_TYPES = [
+    'multipart/related; boundary="--=_MIME-Boundary"; type="text/xml"; start="<ebXMLHeader@spine.nhs.uk>"',
+    "multipart/related;boundary=abc;type=text/xml",
+    "Multipart/Related; Boundary=\"a b\"",
+    "text/xml; charset=UTF-8",
+    "text/xml",
+    "  application/xml ;charset=utf-8 ; ",
+    'multipart/related; boundary="a\\"b"',  # an escaped quote: the slow path
+    "multipart/related; boundary*0=abc; boundary*1=def",  # RFC 2231: the slow path
+    "text/plain",
+    "",
+    "garbage",
+    "text/xml; charset",
+]
+
+
+def _named(content_type: mime.ContentType) -> mime.ContentType:
+    # The email parser reads a trailing ";" as a parameter with no name; the fast path, as nothing.
+    return mime.ContentType(content_type.media_type, {k: v for k, v in content_type.params.items() if k})
+
+
+@pytest.mark.parametrize("value", _CONTENT_TYPES)
+def test_the_content_type_fast_path_reads_as_the_email_parser_does(value: str) -> None:
+    assert mime.parse_content_type(value) == _named(mime._parse_content_type_email(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    media=st.from_regex(r"[a-zA-Z][a-zA-Z0-9.+-]{0,10}/[a-zA-Z][a-zA-Z0-9.+-]{0,10}", fullmatch=True),
+    params=st.lists(
+        st.tuples(
+            st.from_regex(r"[a-zA-Z][a-zA-Z0-9-]{0,8}", fullmatch=True),
+            st.from_regex(r"[a-zA-Z0-9<>@=:/ ._-]{1,20}", fullmatch=True),
+            st.booleans(),
+        ),
+        max_size=4,
+        unique_by=lambda p: p[0].lower(),
+    ),
+)
+def test_simple_content_types_read_alike(media: str, params: list[tuple[str, str, bool]]) -> None:
+    parts = [media]
+    for name, value, quoted in params:
+        needs_quotes = quoted or any(c in value for c in ' <>@=:/"')
+        parts.append(f'{name}="{value}"' if needs_quotes else f"{name}={value}")
+    value = "; ".join(parts)
+    assert mime.parse_content_type(value) == mime._parse_content_type_email(value)

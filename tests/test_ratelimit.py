@@ -190,3 +190,26 @@ async def test_go_is_a_no_op_for_a_slot_already_marked_sent() -> None:
     with anyio.fail_after(1):
         await slot.go()
     assert slot.sent_at == 1.0
+
+
+async def test_a_delay_the_neighbours_share_counts_in_full() -> None:
+    """A stall delays the requests around a slot too: then its whole excess is the guard, above the cap."""
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    for _ in range(32):
+        limiter.observe(0.010)  # a steady path: the cap is the 1 ms floor
+
+    def answered(round_trip: float | None) -> RateSlot:
+        slot = RateSlot(limiter, 0.0)
+        slot.sent(0.0)
+        if round_trip is not None:
+            slot.answered(round_trip)
+        return slot
+
+    held = answered(0.510)
+    steady = [answered(0.010) for _ in range(4)]
+    assert limiter.guard(held, steady) == MIN_CAP  # Spine held this one answer: capped
+    stalled = [answered(0.300), answered(0.400), answered(0.350), answered(0.010)]
+    assert limiter.guard(held, stalled) == pytest.approx(0.5)  # a stall they share: in full
+    still_out = [answered(None), answered(None), answered(0.350), answered(0.010)]
+    assert limiter.guard(held, still_out) == pytest.approx(0.5)  # unanswered neighbours count as stalled
+    assert limiter.guard(answered(None), stalled) == pytest.approx(0.34)  # unknown: the neighbours' median

@@ -18,7 +18,6 @@ from batch.hl7.namespaces import (
 )
 from batch.hl7.timestamps import format_hl7_ts
 from batch.hl7.xmlbuild import hl7_root, serialise, sub, template_slot
-from batch.hl7.xmlnav import descendants
 from batch.xmlsafe import XmlError, parse_xml
 
 # Decision (a): every query is a scheduled-care "silent read". This constant is the only source of
@@ -52,6 +51,63 @@ class UnsafeQueryError(ValueError):
     """A query that must not be sent: the scheduled-care flag is missing, repeated or not `false`."""
 
 
+class QueryTemplate:
+    """The query for one sender and Spine, built once; `render` fills in one attempt's values.
+
+    The document's fixed parts (wrapper, author, device, the scheduled-care flag) are built and checked once
+    per job; each attempt sets five values on the same lxml tree and serialises it, which is a small fraction
+    of building it afresh. `render` is for one thread at a time (the event loop).
+    """
+
+    def __init__(self, *, sender: Sender, spine_asid: str, version_code: str = DEFAULT_VERSION_CODE) -> None:
+        _check_sender(sender, spine_asid, version_code)
+        placeholder = "00000000-0000-4000-8000-000000000000"
+        root = hl7_root(QUERY_INTERACTION)
+        self._message_id = sub(root, "id", root=placeholder)
+        self._creation_time = sub(root, "creationTime", value="")
+        sub(root, "versionCode", code=version_code)
+        sub(root, "interactionId", root=OID_INTERACTION_ID, extension=QUERY_INTERACTION)
+        sub(root, "processingCode", code="P")
+        sub(root, "processingModeCode", code="T")
+        sub(root, "acceptAckCode", code="NE")
+        _communication_function(root, "communicationFunctionRcv", "RCV", spine_asid)
+        _communication_function(root, "communicationFunctionSnd", "SND", sender.asid)
+
+        # No ControlActEvent/author: the query is system-initiated (decision c); author1 names our system.
+        control_act = sub(root, "ControlActEvent", classCode="CACT", moodCode="EVN")
+        agent = sub(sub(control_act, "author1", typeCode="AUT"), "AgentSystemSDS", classCode="AGNT")
+        system = sub(agent, "agentSystemSDS", classCode="DEV", determinerCode="INSTANCE")
+        sub(system, "id", root=OID_ASID, extension=sender.asid)
+
+        stub = sub(sub(control_act, "subject", typeCode="SUBJ"), "CP-ISQueryStub")
+        query = sub(stub, "cP-ISNHSQuery")
+        self._effective_time = sub(query, "effectiveTime", value="")
+        self._query_id = sub(query, "id", root=placeholder)
+        _device_author(sub(query, "author"), sender)
+        parameters = sub(query, "queryByParameter")
+        self._nhs_number = sub(sub(parameters, "person.NHSnumber"), "value", extension="")
+        sub(sub(parameters, "accessEventType"), "value", value=SCHEDULED_CARE_FLAG)
+        self._root = root
+
+    def render(self, *, nhs_number: str, message_id: str, query_id: str, now: datetime) -> bytes:
+        """The query as UTF-8 bytes with an XML declaration, shaped exactly like the §3.5 skeleton.
+
+        Raises ValueError for an NHS number that is not 10 digits or an id that is not an uppercase UUID.
+        """
+        if not _NHS_NUMBER.fullmatch(nhs_number):
+            raise ValueError("nhs_number must be 10 digits")
+        for label, identifier in (("message_id", message_id), ("query_id", query_id)):
+            if not _UUID.fullmatch(identifier):
+                raise ValueError(f"{label} must be an uppercase UUID")
+        stamp = format_hl7_ts(now)
+        self._message_id.set("root", message_id)
+        self._creation_time.set("value", stamp)
+        self._effective_time.set("value", stamp)
+        self._query_id.set("root", query_id)
+        self._nhs_number.set("extension", nhs_number)
+        return serialise(self._root)
+
+
 def build_query(
     *,
     nhs_number: str,
@@ -62,36 +118,9 @@ def build_query(
     now: datetime,
     version_code: str = DEFAULT_VERSION_CODE,
 ) -> bytes:
-    """The query as UTF-8 bytes with an XML declaration, shaped exactly like the §3.5 skeleton."""
-    _check_inputs(nhs_number, message_id, query_id, sender, spine_asid, version_code)
-    stamp = format_hl7_ts(now)
-
-    root = hl7_root(QUERY_INTERACTION)
-    sub(root, "id", root=message_id)
-    sub(root, "creationTime", value=stamp)
-    sub(root, "versionCode", code=version_code)
-    sub(root, "interactionId", root=OID_INTERACTION_ID, extension=QUERY_INTERACTION)
-    sub(root, "processingCode", code="P")
-    sub(root, "processingModeCode", code="T")
-    sub(root, "acceptAckCode", code="NE")
-    _communication_function(root, "communicationFunctionRcv", "RCV", spine_asid)
-    _communication_function(root, "communicationFunctionSnd", "SND", sender.asid)
-
-    # No ControlActEvent/author: the query is system-initiated (decision c); author1 names our system.
-    control_act = sub(root, "ControlActEvent", classCode="CACT", moodCode="EVN")
-    agent = sub(sub(control_act, "author1", typeCode="AUT"), "AgentSystemSDS", classCode="AGNT")
-    system = sub(agent, "agentSystemSDS", classCode="DEV", determinerCode="INSTANCE")
-    sub(system, "id", root=OID_ASID, extension=sender.asid)
-
-    stub = sub(sub(control_act, "subject", typeCode="SUBJ"), "CP-ISQueryStub")
-    query = sub(stub, "cP-ISNHSQuery")
-    sub(query, "effectiveTime", value=stamp)
-    sub(query, "id", root=query_id)
-    _device_author(sub(query, "author"), sender)
-    parameters = sub(query, "queryByParameter")
-    sub(sub(parameters, "person.NHSnumber"), "value", extension=nhs_number)
-    sub(sub(parameters, "accessEventType"), "value", value=SCHEDULED_CARE_FLAG)
-    return serialise(root)
+    """One query on its own (a job builds a `QueryTemplate` once and renders it per attempt)."""
+    template = QueryTemplate(sender=sender, spine_asid=spine_asid, version_code=version_code)
+    return template.render(nhs_number=nhs_number, message_id=message_id, query_id=query_id, now=now)
 
 
 def assert_scheduled_care(hl7: bytes) -> None:
@@ -104,11 +133,11 @@ def assert_scheduled_care(hl7: bytes) -> None:
         root = parse_xml(hl7)
     except XmlError:
         raise UnsafeQueryError("refusing to send: the HL7 query is not well-formed XML") from None
-    parameters = list(descendants(root, "queryByParameter"))
+    parameters = list(root.iter("{*}queryByParameter"))
     if len(parameters) != 1:
         raise UnsafeQueryError(f"refusing to send: {len(parameters)} queryByParameter elements, expected 1")
     # Counted over the whole document and in any namespace, so a stray copy anywhere also fails.
-    flags = list(descendants(root, "accessEventType"))
+    flags = list(root.iter("{*}accessEventType"))
     if len(flags) != 1:
         raise UnsafeQueryError(f"refusing to send: {len(flags)} accessEventType elements, expected 1")
     flag = flags[0]
@@ -148,15 +177,8 @@ def _device_author(author: etree._Element, sender: Sender) -> None:
     sub(organisation, "name", text=sender.organisation_name)
 
 
-def _check_inputs(
-    nhs_number: str, message_id: str, query_id: str, sender: Sender, spine_asid: str, version_code: str
-) -> None:
-    """Refuse inputs that would make a malformed query. Messages name the field, never its value."""
-    if not _NHS_NUMBER.fullmatch(nhs_number):
-        raise ValueError("nhs_number must be 10 digits")
-    for label, identifier in (("message_id", message_id), ("query_id", query_id)):
-        if not _UUID.fullmatch(identifier):
-            raise ValueError(f"{label} must be an uppercase UUID")
+def _check_sender(sender: Sender, spine_asid: str, version_code: str) -> None:
+    """Refuse a sender that would make a malformed query. Messages name the field, never its value."""
     for label, asid in (("sender.asid", sender.asid), ("spine_asid", spine_asid)):
         if not _ASID.fullmatch(asid):
             raise ValueError(f"{label} must be 12 digits")

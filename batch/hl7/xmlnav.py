@@ -30,7 +30,8 @@ def namespace(element: etree._Element) -> str | None:
 
 
 def children(element: etree._Element, name: str) -> Iterator[etree._Element]:
-    return (child for child in element if local_name(child) == name)
+    # lxml matches "{*}name" in C: any namespace or none.
+    return element.iterchildren(f"{{*}}{name}")
 
 
 def elements(element: etree._Element) -> Iterator[etree._Element]:
@@ -47,12 +48,13 @@ def every(element: etree._Element | None, *names: str) -> list[etree._Element]:
     """Every element reached by the path, taking all matches at each step, in document order."""
     found: list[etree._Element] = [] if element is None else [element]
     for name in names:
-        found = [child for parent in found for child in children(parent, name)]
+        tag = f"{{*}}{name}"
+        found = [child for parent in found for child in parent.iterchildren(tag)]
     return found
 
 
 def descendants(element: etree._Element, name: str) -> Iterator[etree._Element]:
-    return (node for node in element.iter() if local_name(node) == name)
+    return element.iter(f"{{*}}{name}")
 
 
 def attr(element: etree._Element | None, name: str) -> str | None:
