@@ -242,3 +242,38 @@ def test_version_comes_from_the_installed_package() -> None:
     completed = run_cli("--version")
     assert completed.returncode == 0
     assert completed.stdout.strip() == f"cpis-batch {version('cpis-batch')}"
+
+
+def test_a_run_that_cannot_start_still_ends_with_the_json_line(tmp_path: Path) -> None:
+    pki = make_dev_pki(tmp_path / "pki").directory
+    (tmp_path / "list.csv").write_text("NHS Number,Appointment Date\n9991234012,01/12/2026\n")
+    tables = job_tables(
+        tmp=tmp_path,
+        pki=pki,
+        inputs="list.csv",
+        spine_url="https://127.0.0.1:9/reliablemessaging/reliablerequest",
+        inbound_port=free_port(),
+    )
+    job = write_job(tmp_path / "job.toml", tables)
+    completed = run_cli("--log-format", "json", "run", str(job))
+    assert completed.returncode == 2
+    last = json.loads(completed.stdout.splitlines()[-1])
+    assert last == {
+        "job": "test-job",
+        "run_id": None,
+        "exit_code": 2,
+        "outcomes": {},
+        "rows": None,
+        "queries_sent": None,
+        "duration_s": None,
+        "reports": None,
+        "event": "run_finished",
+    }
+    # The one-line error is a JSON record too: stderr stays parseable.
+    events = [json.loads(line) for line in completed.stderr.splitlines()]
+    assert any(
+        e["level"] == "ERROR"
+        and "column 'NHS No' not found" in e["message"]
+        and e["fields"] == {"exit_code": 2}
+        for e in events
+    )
