@@ -38,6 +38,11 @@ INVALID_TEXT: dict[str, str] = {
     "live_number_in_test": "The NHS number is a real patient's, which a test set-up never asks about.",
 }
 
+WINDOW_TEXT: dict[str, str] = {
+    "no_appointment_date": "The row has no readable appointment date, so it cannot be placed in the job's window.",
+    "outside_window": "The appointment is not within the job's date window, so CP-IS was not asked.",
+}
+
 _SEND_FAILED_TEXT: dict[str, str] = {
     "connect_failed": "the connection to Spine was refused",
     "connect_timeout": "the connection to Spine timed out",
@@ -89,6 +94,8 @@ def explain(outcome: str, reason: str | None) -> str:
             text = INVALID_TEXT.get(reason)
         elif outcome == Outcome.ERROR.value:
             text = _error_text(reason)
+        elif outcome == Outcome.OUTSIDE_WINDOW.value:
+            text = WINDOW_TEXT.get(reason)
         elif outcome == Outcome.NO_REPLY.value and (match := _NO_REPLY.fullmatch(reason)):
             n = int(match.group(1))
             text = f"Spine never replied, although it may have had {n} {'query' if n == 1 else 'queries'}."

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from batch.changes import ChangeKind
+from batch.changes import ChangeKind, RunOutcomes
 from batch.reasons import OUTCOME_TEXT, explain
 from batch.states import Outcome
 from batch.summary import RunSummary
@@ -92,10 +92,14 @@ h3 { font-size: 1.05rem; margin: 1.25rem 0 .4rem; }
 .note { background: #fff9c4; border-left: 4px solid #ffb81c; padding: .4rem .7rem; }
 .profile { background: #e8edee; border-left: 4px solid #4c6272; padding: .4rem .7rem; }
 table { border-collapse: collapse; width: 100%; margin: .25rem 0 1rem; font-size: .92rem; }
-th, td { text-align: left; vertical-align: top; padding: .3rem .5rem; border-bottom: 1px solid #d8dde0; }
+th, td { text-align: left; vertical-align: top; padding: .3rem .45rem; border-bottom: 1px solid #d8dde0;
+  overflow-wrap: break-word; }
+td.name, td.clinic { overflow-wrap: anywhere; min-width: 6rem; }
+.scroll { overflow-x: auto; }
+.nowrap { white-space: nowrap; }
 th { background: #f0f4f5; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.phone, td.nhs, td.date { white-space: nowrap; font-variant-numeric: tabular-nums; }
+td.phone, td.nhs, td.date, td.plan { white-space: nowrap; font-variant-numeric: tabular-nums; }
 .change { font-weight: 600; }
 .newly_flagged, .plan_started { color: #b3261e; }
 .no_longer_flagged, .plan_ended { color: #2e7d32; }
@@ -156,15 +160,16 @@ def _plan_text(row: Mapping[str, Any], side: str) -> Markup:
         if row["change"] in (ChangeKind.NEWLY_FLAGGED.value, ChangeKind.NO_LONGER_FLAGGED.value):
             return esc("No CP-IS record")
         return esc("Not on the record" if side == "before" else "No longer on the record")
-    end = row[f"{side}_plan_end"]
+    start, end = row[f"{side}_plan_start"], row[f"{side}_plan_end"]
     lines = [
         Markup(
-            f"{_plan_abbr(plan_type)} from {esc(row[f'{side}_plan_start'] or 'an unknown date')}"
-            f"{esc(' to ' + end if end else ', no end date')}"
+            f"{_plan_abbr(plan_type)} from {el('span', start or 'an unknown date', class_='nowrap')}"
+            + (f" to {el('span', end, class_='nowrap')}" if end else ", no end date")
         ),
         Markup(f"{esc(row[f'{side}_la_name'])} {el('span', row[f'{side}_la_code'], class_='code')}"),
-        esc(
-            f"Office {row[f'{side}_la_office_phone'] or '-'}, emergency {row[f'{side}_la_emergency_phone'] or '-'}"
+        Markup(
+            f"Office {el('span', row[f'{side}_la_office_phone'] or '-', class_='nowrap')},"
+            f" emergency {el('span', row[f'{side}_la_emergency_phone'] or '-', class_='nowrap')}"
         ),
     ]
     return Markup(el("br").join(lines))
@@ -192,13 +197,18 @@ class _Shown:
     def person(self, row: Mapping[str, Any]) -> list[Markup]:
         return [
             el("td", row["patient_name"], class_="name") if self.name else Markup(),
-            el("td", row["date_of_birth"]) if self.birth else Markup(),
+            el("td", row["date_of_birth"], class_="date") if self.birth else Markup(),
             el("td", row["nhs_number"], class_="nhs"),
         ]
 
 
 def _table(head: list[Markup], rows: list[Markup], class_: str) -> Markup:
-    return el("table", el("thead", el("tr", head)), el("tbody", rows), class_=class_)
+    table = el("table", el("thead", el("tr", head)), el("tbody", rows), class_=class_)
+    return el("div", table, class_="scroll")
+
+
+def _run_of(run: RunOutcomes) -> str:
+    return f"the run of {run.reference_date.isoformat()} (run {run.run_id[:8]})"
 
 
 def _changes(frames: ReportFrames) -> Markup:
@@ -206,7 +216,7 @@ def _changes(frames: ReportFrames) -> Markup:
     if previous is None:
         body = [el("p", "This is the job's first complete run, so there is nothing to compare with yet.")]
     elif changes.height == 0:
-        body = [el("p", f"No child's CP-IS status changed since the run of {previous.reference_date}.")]
+        body = [el("p", f"No child's CP-IS status changed since {_run_of(previous)}.")]
     else:
         shown = _Shown.of(changes)
         head = [
@@ -220,7 +230,7 @@ def _changes(frames: ReportFrames) -> Markup:
             el(
                 "tr",
                 shown.person(row),
-                el("td", row["clinic"]) if shown.clinic else None,
+                el("td", row["clinic"], class_="clinic") if shown.clinic else None,
                 el("td", CHANGE_LABEL.get(row["change"], row["change"]), class_=f"change {row['change']}"),
                 el("td", _plan_text(row, "before")),
                 el("td", _plan_text(row, "after")),
@@ -232,9 +242,7 @@ def _changes(frames: ReportFrames) -> Markup:
         ]
         n = changes.height
         body = [
-            el(
-                "p", f"Compared with the run of {previous.reference_date}: {n} change{'' if n == 1 else 's'}."
-            ),
+            el("p", f"Compared with {_run_of(previous)}: {n} change{'' if n == 1 else 's'}."),
             _table(head, rows, "changes"),
         ]
     return el(
@@ -344,7 +352,7 @@ def _flagged(frames: ReportFrames, reference_date: str) -> Markup:
                 "tr",
                 shown.person(row),
                 el("td", row["appointment_date"], class_="date") if appointment else None,
-                el("td", _plan_abbr(row["plan_type"])),
+                el("td", _plan_abbr(row["plan_type"]), class_="plan"),
                 el("td", row["plan_start"], class_="date"),
                 el("td", row["plan_end"], class_="date"),
                 el(
@@ -391,7 +399,7 @@ def _exceptions(frames: ReportFrames) -> Markup:
     rows = [
         el(
             "tr",
-            el("td", row["clinic"]) if shown.clinic else None,
+            el("td", row["clinic"], class_="clinic") if shown.clinic else None,
             shown.person(row),
             el("td", row["source_file"].rpartition("/")[2], ", row ", row["source_row"]),
             el("td", OUTCOME_LABEL.get(row["outcome"], row["outcome"])),
