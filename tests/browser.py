@@ -79,7 +79,7 @@ class Pixels:
         return other / total
 
 
-def _paeth(a: int, b: int, c: int) -> int:
+def paeth(a: int, b: int, c: int) -> int:
     p = a + b - c
     pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
     if pa <= pb and pa <= pc:
@@ -127,7 +127,7 @@ def read_png(data: bytes, max_rows: int | None = None) -> Pixels:
             for i in range(stride):
                 left = line[i - channels] if i >= channels else 0
                 corner = previous[i - channels] if i >= channels else 0
-                line[i] = (line[i] + _paeth(left, previous[i], corner)) & 0xFF
+                line[i] = (line[i] + paeth(left, previous[i], corner)) & 0xFF
         rows.append(bytes(line))
         previous = line
     return Pixels(width, height, rows, channels)

@@ -3,6 +3,8 @@ explained; and the same page however few columns a job names."""
 
 from __future__ import annotations
 
+import struct
+import zlib
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -19,6 +21,7 @@ from batch.states import Outcome
 from batch.store import ChildOutcome, FlagResult, PlanRow
 from batch.summary import RunSummary, ThisProcess
 from batch.summary_html import el, esc, render_summary_html
+from tests.browser import paeth, read_png
 
 A, B, C, D = "9990000018", "9990000026", "9990000034", "9990000042"
 DAY1, DAY2 = date(2027, 1, 10), date(2027, 1, 11)
@@ -298,3 +301,39 @@ def test_the_builder_escapes_what_it_did_not_build() -> None:
         el("td onclick=x")
     with pytest.raises(ValueError, match="not an attribute name"):
         el("td", **{"on click": "x"})
+
+
+def _png(rows: list[bytes], width: int, filters: list[int]) -> bytes:
+    """An RGB PNG whose rows are stored with the given filter types (the forward filters of PNG §9)."""
+    channels, raw, previous = 3, bytearray(), bytes(width * 3)
+    for row, kind in zip(rows, filters, strict=True):
+        out = bytearray([kind])
+        for i, x in enumerate(row):
+            left = row[i - channels] if i >= channels else 0
+            up, corner = previous[i], previous[i - channels] if i >= channels else 0
+            predictor = [0, left, up, (left + up) >> 1, paeth(left, up, corner)][kind]
+            out.append((x - predictor) & 0xFF)
+        raw += out
+        previous = row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, len(rows), 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(raw)))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_the_png_reader_undoes_every_filter() -> None:
+    rows = [bytes((x * 37 + y * 91 + c * 13) % 256 for x in range(4) for c in range(3)) for y in range(5)]
+    pixels = read_png(_png(rows, 4, [0, 1, 2, 3, 4]))
+    assert (pixels.width, pixels.height, pixels.rows) == (4, 5, rows)
+    assert pixels.distinct() == {row[i : i + 3] for row in rows for i in range(0, 12, 3)}
+    blank = read_png(_png([bytes(12)] * 2, 4, [1, 2]))
+    assert blank.distinct() == {b"\x00\x00\x00"} and blank.share_unlike(b"\x00\x00\x00") == 0
+    with pytest.raises(ValueError, match="not a PNG"):
+        read_png(b"GIF89a")
