@@ -390,3 +390,28 @@ async def test_a_symlinked_state_file_is_refused(tmp_path: Path, suffix: str) ->
         async with Store.open(tmp_path / "state.sqlite"):
             pass
     assert victim.read_bytes() == b"precious"
+
+
+async def test_a_read_sees_every_write_committed_before_it_even_among_overlapping_reads(
+    tmp_path: Path,
+) -> None:
+    """Reads share one connection; a statement left mid-way there would pin its snapshot for the reads that
+    overlap it (an attempt committed before its reply would then not be found, and the reply filed as an
+    orphan). Each read runs whole in one call to the reader's thread."""
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run_id = await _new_run(store)
+        missing: list[str] = []
+
+        async def record_then_find(i: int) -> None:
+            ref = _ref(run_id, NHS_A)
+            await store.record_attempt(ref, i, SENT)
+            found = await store.find_attempt(
+                message_ids=[ref.message_id], conversation_id=None, query_event_ids=[]
+            )
+            if found != ref:
+                missing.append(ref.message_id)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(300):
+                tg.start_soon(record_then_find, i)
+    assert missing == []

@@ -188,9 +188,10 @@ class Store:
             raise StoreError(f"state database write failed: {exc}") from exc.cause
 
     async def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
+        # Executed and fetched in one call to the reader's thread: a statement left active between two calls
+        # would pin its snapshot for every read that overlaps it, hiding writes committed meanwhile.
         try:
-            async with self._reader.execute(sql, params) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self._reader.execute_fetchall(sql, params))
         except sqlite3.Error as exc:
             raise StoreError(f"state database read failed: {exc}") from exc
 
