@@ -40,7 +40,7 @@ INVALID_TEXT: dict[str, str] = {
 
 WINDOW_TEXT: dict[str, str] = {
     "no_appointment_date": "The row has no readable appointment date, so it cannot be placed in the job's window.",
-    "outside_window": "The appointment is not within the job's date window, so CP-IS was not asked.",
+    "outside_window": "The appointment is before today or after the job's window ends, so CP-IS was not asked.",
 }
 
 _SEND_FAILED_TEXT: dict[str, str] = {

@@ -119,7 +119,16 @@ def main(argv: list[str]) -> int:
     summary = json.loads((latest / "summary.json").read_text()) if (latest / "summary.json").exists() else {}
     print(f"demo: outcomes {json.dumps(summary.get('outcomes', {}), sort_keys=True)}")
     print(f"demo: reports in {latest.resolve()}")
-    for name in ("flagged.csv", "flagged.parquet", "results.parquet", "exceptions.csv", "summary.json"):
+    for name in (
+        "summary.html",
+        "flagged.xlsx",
+        "flagged.csv",
+        "flagged.parquet",
+        "changes.csv",
+        "results.parquet",
+        "exceptions.csv",
+        "summary.json",
+    ):
         print(f"        {latest / name}")
     meaning = {0: "every row final", 1: "some rows ended error/no_reply: see exceptions.csv"}
     print(f"demo: the job exited {code} ({meaning.get(code, 'the run did not complete')})")
