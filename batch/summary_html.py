@@ -386,6 +386,11 @@ def _flagged(frames: ReportFrames, reference_date: str) -> Markup:
     )
 
 
+# A list with a wrong column or a spreadsheet that mangled every number can make every row an exception; the
+# page lists the first ones (exceptions.csv has them all) instead of growing without bound.
+EXCEPTION_ROWS_SHOWN = 2_000
+
+
 def _exceptions(frames: ReportFrames) -> Markup:
     exceptions = frames.exceptions.join(frames.context, on=["source_file", "source_row"], how="left")
     shown = _Shown.of(exceptions)
@@ -407,10 +412,11 @@ def _exceptions(frames: ReportFrames) -> Markup:
             class_="exception-row",
             data_outcome=row["outcome"],
         )
-        for row in exceptions.sort("clinic", "source_file", "source_row", nulls_last=True).iter_rows(
-            named=True
-        )
+        for row in exceptions.sort("clinic", "source_file", "source_row", nulls_last=True)
+        .head(EXCEPTION_ROWS_SHOWN)
+        .iter_rows(named=True)
     ]
+    more = exceptions.height - len(rows)
     content = (
         [
             el(
@@ -420,6 +426,9 @@ def _exceptions(frames: ReportFrames) -> Markup:
                 class_="note",
             ),
             _table(head, rows, "exceptions"),
+            el("p", f"And {more} more rows: every one is in exceptions.csv.", class_="note")
+            if more
+            else None,
         ]
         if rows
         else [el("p", "None: every row has a CP-IS answer or was left out on purpose.")]

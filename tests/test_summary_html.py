@@ -13,6 +13,7 @@ import lxml.html
 import polars as pl
 import pytest
 
+from batch import summary_html
 from batch.changes import RunOutcomes
 from batch.patients import InputSpec, read_patient_lists
 from batch.reasons import explain
@@ -337,3 +338,13 @@ def test_the_png_reader_undoes_every_filter() -> None:
     assert blank.distinct() == {b"\x00\x00\x00"} and blank.share_unlike(b"\x00\x00\x00") == 0
     with pytest.raises(ValueError, match="not a PNG"):
         read_png(b"GIF89a")
+
+
+def test_a_list_of_exceptions_too_long_to_read_is_cut_and_says_where_the_rest_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(summary_html, "EXCEPTION_ROWS_SHOWN", 1)
+    _, doc = _page(_frames(tmp_path))
+    assert len(doc.xpath("//tr[@class='exception-row']")) == 1
+    assert doc.xpath("string(//span[@id='exception-count'])") == "2"
+    assert "And 1 more rows: every one is in exceptions.csv." in _texts(doc, "//section[@id='exceptions']/p")
