@@ -96,6 +96,8 @@ class ProgressReporter:
         self._run_id = run_id
         self._options = options
         self._conn: sqlite3.Connection | None = None
+        # The interval and SIGUSR1 may ask at once; one read at a time on the connection.
+        self._reading = anyio.Lock()
         self._bar: Progress | None = None
         self._task: TaskID | None = None
 
@@ -169,7 +171,8 @@ class ProgressReporter:
         if conn is None:
             return None
         try:
-            return await anyio.to_thread.run_sync(read_snapshot, conn, self._run_id)
+            async with self._reading:
+                return await anyio.to_thread.run_sync(read_snapshot, conn, self._run_id)
         except StateViewError as exc:
             # Progress is for people; a failed read must never stop the run.
             log.warning("progress: %s", exc)
