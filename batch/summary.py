@@ -67,7 +67,9 @@ class RunSummary:
     def from_json(cls, text: str) -> RunSummary:
         """The summary `to_json` wrote (keys it does not know are ignored)."""
         data = json.loads(text)
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["this_process"] = ThisProcess(**data["this_process"])
+        values = {k: v for k, v in data.items() if k in {f.name for f in fields(cls)}}
+        process = data["this_process"]
+        values["this_process"] = ThisProcess(
+            **{k: v for k, v in process.items() if k in {f.name for f in fields(ThisProcess)}}
+        )
         return cls(**values)
