@@ -119,6 +119,20 @@ async def test_each_query_sent_has_one_complete_audit_row_and_its_outcome_once_k
     assert first_day == entries[:1]
 
 
+async def test_a_long_export_is_read_in_whole_batches_in_the_order_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("batch.store.state_file.AUDIT_BATCH", 2)
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run = await _run(store)
+        refs = [AttemptRef(new_id(), run.run_id, NHS_A, new_id(), new_id()) for _ in range(5)]
+        for number, ref in enumerate(refs, start=1):
+            await store.record_attempt(ref, number, SENT_1)
+        batches = [batch async for batch in store.audit_entries("2026-12-01", "2026-12-02", NHS_A)]
+    assert [len(batch) for batch in batches] == [2, 2, 1]
+    assert [entry for batch in batches for entry in batch] == [_entry(ref, SENT_1) for ref in refs]
+
+
 async def test_the_audit_table_refuses_update_and_delete(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     async with Store.open(path) as store:

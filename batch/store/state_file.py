@@ -163,11 +163,12 @@ class Store:
             raise StoreOpenError(f"{path}: cannot open state database for reading ({exc})") from None
         try:
             try:
-                async with reader.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cursor:
-                    row = await cursor.fetchone()
+                rows = list(
+                    await reader.execute_fetchall("SELECT value FROM meta WHERE key = 'schema_version'")
+                )
             except sqlite3.Error as exc:
                 raise StoreOpenError(f"{path}: not a usable state database ({exc})") from None
-            version = int(row[0]) if row is not None and str(row[0]).isdigit() else None
+            version = int(rows[0][0]) if rows and str(rows[0][0]).isdigit() else None
             if version is None:
                 raise StoreOpenError(f"{path}: not a usable state database (no cpis-batch schema version)")
             if version != SCHEMA_VERSION:
@@ -567,27 +568,28 @@ class Store:
     async def audit_entries(
         self, since: str, before: str, nhs_number: str | None = None
     ) -> AsyncIterator[list[AuditEntry]]:
-        """The queries sent from `since` up to (not including) `before` (UTC ISO times, as stored), oldest
-        first, with their children's outcomes once known; in batches, so a long period needs little memory."""
-        where = "a.event = 'query_sent' AND a.at >= ? AND a.at < ?"
-        params: tuple[object, ...] = (since, before)
+        """The queries sent from `since` up to (not including) `before` (UTC ISO times, as stored), in the order
+        they were recorded, with their children's outcomes once known; in batches, so a long period needs little
+        memory. Each batch is one whole read (`_read`): no statement stays open between batches."""
+        where = "a.event = 'query_sent' AND a.at >= ? AND a.at < ? AND a.id > ?"
         if nhs_number is not None:
             where += " AND a.nhs_number = ?"
-            params += (nhs_number,)
         sql = (
-            "SELECT a.at, a.run_id, a.message_id, a.nhs_number, a.sender_asid, a.sender_ods_code,"  # noqa: S608 (fixed clauses)
+            "SELECT a.id, a.at, a.run_id, a.message_id, a.nhs_number, a.sender_asid, a.sender_ods_code,"  # noqa: S608 (fixed clauses)
             " a.responsible_person_name, a.responsible_person_role_code, a.responsible_person_role_name,"
             " a.source_file, a.source_row, a.clinic, a.appointment_date, a.input_rows, t.status, q.outcome,"
             " q.reason FROM audit a LEFT JOIN attempts t ON t.message_id = a.message_id"
             " LEFT JOIN queries q ON q.run_id = a.run_id AND q.nhs_number = a.nhs_number"
-            f" WHERE {where} ORDER BY a.at, a.id"
+            f" WHERE {where} ORDER BY a.id LIMIT ?"
         )
-        try:
-            async with self._reader.execute(sql, params) as cursor:
-                while rows := await cursor.fetchmany(AUDIT_BATCH):
-                    yield [AuditEntry(*row) for row in rows]
-        except sqlite3.Error as exc:
-            raise StoreError(f"state database read failed: {exc}") from exc
+        after = 0
+        while True:
+            params = (since, before, after, *((nhs_number,) if nhs_number is not None else ()), AUDIT_BATCH)
+            rows = await self._read(sql, params)
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [AuditEntry(*row[1:]) for row in rows]
 
     async def audit_event(self, event: str, detail: str) -> None:
         """One audit row for something done outside a run (an export); `detail` holds counts, never patient
