@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import anyio
 
 from batch import mime
+from batch.attempts import AttemptIndex
 from batch.ebxml import (
     EbxmlParseError,
     HeaderProblem,
@@ -128,6 +129,7 @@ class ReplyProcessor:
         not_found_codes: frozenset[str],
         on_resolved: Resolved,
         side_quota: SideQuota | None = None,
+        index: AttemptIndex | None = None,
     ) -> None:
         self._store = store
         self._party_key = our_party_key
@@ -135,6 +137,7 @@ class ReplyProcessor:
         self._spine_cpa_id = spine_cpa_id
         self._not_found = not_found_codes
         self._on_resolved = on_resolved
+        self._index = index if index is not None else AttemptIndex()
         self._quota = _QuotaUse(side_quota or SideQuota())
         # Reading holds the GIL; more threads than this would only queue behind one another.
         self._readers = anyio.CapacityLimiter(2)
@@ -166,10 +169,12 @@ class ReplyProcessor:
         if read.problem is not None:
             return await self._reject(read, header, body)
 
-        attempt = await self._store.find_attempt(
-            message_ids=[
-                m for m in (header.ref_to_message_id, read.reply.message_ref if read.reply else None) if m
-            ],
+        message_ids = [
+            m for m in (header.ref_to_message_id, read.reply.message_ref if read.reply else None) if m
+        ]
+        # Open children's attempts are held in memory; the state file answers for everything else.
+        attempt = self._index.find(message_ids) or await self._store.find_attempt(
+            message_ids=message_ids,
             conversation_id=header.conversation_id,
             query_event_ids=[a.query_id for a in read.reply.access if a.query_id]
             if isinstance(read.reply, QueryResponse)

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import anyio
 import polars as pl
 
+from batch.attempts import AttemptIndex
 from batch.changes import RunOutcomes
 from batch.concurrency import PostConcurrency
 from batch.config import JobConfig
@@ -185,6 +186,9 @@ async def _send_and_await(
         limiter=limiter,
         max_connections=limits.max_concurrent_posts,
     ) as transport:
+        # The attempts of children still waiting, shared by the pipeline (which adds them) and the reply
+        # workflow (which matches replies to them without a read from the state file).
+        attempts = AttemptIndex()
         pipeline = QueryPipeline(
             limits=limits,
             store=store,
@@ -193,6 +197,7 @@ async def _send_and_await(
             run_id=run.run_id,
             limiter=limiter,
             concurrency=concurrency,
+            index=attempts,
         )
         processor = ReplyProcessor(
             store,
@@ -201,6 +206,7 @@ async def _send_and_await(
             spine_cpa_id=cfg.spine.cpa_id,
             not_found_codes=cfg.not_found_codes,
             on_resolved=pipeline.on_resolved,
+            index=attempts,
         )
         app = InboundApp(processor, cfg.inbound.path)
         try:

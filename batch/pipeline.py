@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import anyio
 import anyio.abc
 
+from batch.attempts import AttemptIndex
 from batch.concurrency import PostConcurrency
 from batch.config import Limits
 from batch.failpoints import failpoint
@@ -88,6 +89,7 @@ class QueryPipeline:
         run_id: str,
         limiter: SlidingWindowLimiter,
         concurrency: PostConcurrency,
+        index: AttemptIndex | None = None,
     ) -> None:
         self._limits = limits
         self._store = store
@@ -96,6 +98,7 @@ class QueryPipeline:
         self._run_id = run_id
         self._limiter = limiter
         self._concurrency = concurrency
+        self._index = index if index is not None else AttemptIndex()
         self._children: dict[str, _Child] = {}
         self._ready: deque[str] = deque()
         self._deadlines: list[_Deadline] = []
@@ -179,6 +182,7 @@ class QueryPipeline:
             child.counted += 1
             # Durable before the POST: a reply that beats the 202, or a restart after a kill, finds it.
             await self._store.record_attempt(ref, child.counted + child.unsent, utcnow())
+            self._index.add(ref)
             failpoint("attempt_recorded")
             result = await self._sender.send(query, slot)
             self.progress.sent(anyio.current_time())
@@ -315,6 +319,7 @@ class QueryPipeline:
         if child.done:
             return
         child.done = True
+        self._index.drop_child(child.nhs_number)
         child.awaiting = None
         self._give_back_place(child)
         self._open -= 1

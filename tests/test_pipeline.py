@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from batch.attempts import AttemptIndex
 from batch.concurrency import PostConcurrency
 from batch.config import JobConfig, load_job
 from batch.hl7 import HL7_NS
@@ -407,3 +408,36 @@ async def test_a_resumed_child_that_used_up_its_attempts_is_finished_without_sen
     outcomes = await _run(tmp_path, sender, [CHILD], progress=[progress], max_attempts=3)
     assert (outcomes[CHILD].outcome, outcomes[CHILD].reason) == (outcome, reason)
     assert sender.sent == []
+
+
+async def test_an_attempt_is_in_the_index_before_its_post_and_leaves_with_its_child(tmp_path: Path) -> None:
+    """A reply can beat the 202: by the time the POST starts, the reply workflow must find the attempt."""
+    index = AttemptIndex()
+    seen: list[str | None] = []
+
+    class Checking(ScriptedSender):
+        async def send(self, query: OutboundQuery, slot: RateSlot) -> SendResult:
+            found = index.find([query.message_id])
+            seen.append(found.message_id if found else None)
+            return await super().send(query, slot)
+
+    sender = Checking(lambda n, nhs: SendRejected("SOAPFault:101", "x"))
+    cfg = _config(tmp_path)
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run = await store.begin_or_resume_run(
+            run_id="RUN", job_name="j", input_fingerprint="f", reference_date="d"
+        )
+        await store.add_children(run.run_id, [CHILD, OTHER])
+        pipeline = QueryPipeline(
+            limits=cfg.limits,
+            store=store,
+            sender=sender,
+            builder=QueryBuilder(cfg),
+            run_id=run.run_id,
+            limiter=SlidingWindowLimiter(1000),
+            concurrency=PostConcurrency(1000, 4),
+            index=index,
+        )
+        await pipeline.run([ChildProgress(CHILD), ChildProgress(OTHER)])
+    assert seen == [m for m, _ in sender.sent]
+    assert len(index) == 0
