@@ -174,10 +174,13 @@ async def _send_and_await(
     log.info("%s run: %d children still to answer", "resumed" if run.resumed else "new", len(pending))
     limits = cfg.limits
     limiter = SlidingWindowLimiter(limits.rate_per_second)
-    # A restart within a second of the last send must not double the rate in that second.
+    # A restart within a second of the last send must not double the rate in that second. A request left the
+    # earlier process at the latest when Spine acknowledged it; without an acknowledgement, at the latest a
+    # gate's lead (a quarter window) after it was recorded.
     now_wall, now = datetime.now(UTC), anyio.current_time()
     recent = await store.recent_sends(cfg.name, limiter.capacity)
-    limiter.seed([now - (now_wall - sent).total_seconds() for sent in recent])
+    latest = [acked or recorded + timedelta(seconds=limiter.window / 4) for recorded, acked in recent]
+    limiter.seed([now - (now_wall - sent).total_seconds() for sent in latest])
     concurrency = PostConcurrency(limits.rate_per_second, limits.max_concurrent_posts)
     async with SpineTransport(
         spine=cfg.spine,

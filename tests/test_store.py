@@ -220,14 +220,19 @@ async def test_recent_sends_are_the_jobs_latest_across_runs(tmp_path: Path) -> N
     async with Store.open(tmp_path / "state.sqlite") as store:
         first, second = await _new_run(store, "f1"), await _new_run(store, "f2")
         times = [f"2026-12-01T01:00:0{i}.000+00:00" for i in range(4)]
+        acked = "2026-12-01T01:00:03.500+00:00"
         for i, run_id in enumerate([first, second, first, second]):
-            await store.record_attempt(_ref(run_id, NHS_A), i + 1, times[i])
+            ref = _ref(run_id, NHS_A)
+            await store.record_attempt(ref, i + 1, times[i])
+            if i == 3:
+                await store.record_send_result(ref, AttemptStatus.ACCEPTED, acked_at=acked)
         other = await store.begin_or_resume_run(
             run_id=new_id(), job_name="other", input_fingerprint="f", reference_date="2026-12-01"
         )
         await store.record_attempt(_ref(other.run_id, NHS_A), 1, "2026-12-01T02:00:00.000+00:00")
         recent = await store.recent_sends("job", 3)
-    assert recent == [datetime.fromisoformat(t) for t in reversed(times[1:])]
+    parse = datetime.fromisoformat
+    assert recent == [(parse(times[3]), parse(acked)), (parse(times[2]), None), (parse(times[1]), None)]
 
 
 async def test_a_sending_attempt_is_awaited_from_when_it_was_sent(tmp_path: Path) -> None:

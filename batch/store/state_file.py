@@ -347,14 +347,15 @@ class Store:
             )
         return list(progress.values())
 
-    async def recent_sends(self, job_name: str, limit: int) -> list[datetime]:
-        """When the job's latest `limit` attempts were sent (any run), for pacing across a restart."""
+    async def recent_sends(self, job_name: str, limit: int) -> list[tuple[datetime, datetime | None]]:
+        """The job's latest `limit` attempts (any run), for pacing across a restart: when each was recorded
+        (just before its POST) and when Spine acknowledged it (after its POST), if it did."""
         rows = await self._read(
-            "SELECT a.sent_at FROM attempts a JOIN runs r ON r.run_id = a.run_id WHERE r.job_name = ?"
-            " ORDER BY a.sent_at DESC LIMIT ?",
+            "SELECT a.sent_at, a.acked_at FROM attempts a JOIN runs r ON r.run_id = a.run_id"
+            " WHERE r.job_name = ? ORDER BY a.sent_at DESC LIMIT ?",
             (job_name, limit),
         )
-        return [datetime.fromisoformat(row[0]) for row in rows]
+        return [(datetime.fromisoformat(r[0]), datetime.fromisoformat(r[1]) if r[1] else None) for r in rows]
 
     async def record_attempt(self, ref: AttemptRef, number: int, sent_at: str) -> None:
         """Make an attempt durable before its POST: from now on it may be at Spine."""
