@@ -1,88 +1,17 @@
-"""Shared helpers for tests that run real processes: job files, free ports, the CLI."""
+"""Paths and the CLI for tests that run real processes (job files and free ports: spine_sim.jobfile)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 SAMPLE_DATA = REPO / "sample_data"
 SAMPLE_DATASET = SAMPLE_DATA / "spine-dataset.json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
-
-
-def job_tables(
-    *, tmp: Path, pki: Path, inputs: str, spine_url: str, inbound_port: int, name: str = "test-job"
-) -> dict[str, dict[str, Any]]:
-    return {
-        "job": {
-            "name": name,
-            "input": inputs,
-            "output_dir": str(tmp / "out"),
-            "state": str(tmp / "state" / "state.sqlite"),
-            "profile": "simulated",
-        },
-        "input": {
-            "nhs_number_column": "NHS No",
-            "appointment_date_column": "Appointment Date",
-            "appointment_date_format": "%d/%m/%Y",
-        },
-        "spine": {
-            "url": spine_url,
-            "asid": "999000000001",
-            "party_key": "SIMSPINE-0000001",
-            "cpa_id": "S1SIMCPIS0001",
-        },
-        "sender": {
-            "asid": "999000000101",
-            "party_key": "SIMCLINIC-0000101",
-            "ods_code": "SIM01",
-            "organisation_name": "Simulated Test Trust",
-            "responsible_person_name": "Dr Alex Example",
-            "responsible_person_role_code": "R0260",
-            "responsible_person_role_name": "General Medical Practitioner",
-        },
-        "inbound": {"host": "127.0.0.1", "port": inbound_port, "path": "/cpis/replies"},
-        "tls": {
-            "cert": str(pki / "cpis-batch.pem"),
-            "key": str(pki / "cpis-batch.key"),
-            "ca": str(pki / "ca.pem"),
-        },
-        "limits": {"rate_per_second": 50, "max_in_flight": 100, "reply_timeout_s": 10, "max_attempts": 3},
-        "http": {"backoff_s": 0.05},
-    }
-
-
-def write_job(path: Path, tables: Mapping[str, Mapping[str, Any]]) -> Path:
-    lines: list[str] = []
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
 
 
 def run_cli(

@@ -18,9 +18,10 @@ import polars as pl
 import pytest
 
 from batch.audit import AUDIT_SCHEMA
-from batch.pki import make_dev_pki
+from batch.pki import DevPki
 from spine_sim.dataset import RecordsFound, load_dataset, random_test_number
-from tests.support import SAMPLE_DATASET, free_port, job_tables, run_cli, write_job
+from spine_sim.jobfile import free_port, job_tables, write_job
+from tests.support import SAMPLE_DATASET, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -82,11 +83,11 @@ def _uk(day: date) -> str:
 
 
 @pytest.fixture(scope="module")
-def windowed(tmp_path_factory: pytest.TempPathFactory) -> WindowedRun:
+def windowed(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> WindowedRun:
     from spine_sim.process import running_sim
 
     tmp = tmp_path_factory.mktemp("window")
-    pki = make_dev_pki(tmp / "pki").directory
+    pki = dev_pki.directory
     dataset = load_dataset(SAMPLE_DATASET)
     flagged = [n for n in sorted(dataset.children) if isinstance(dataset.answer(n), RecordsFound)][:2]
     taken = set(dataset.nhs_numbers())

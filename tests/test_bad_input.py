@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 
 from batch.pki import make_dev_pki
-from tests.support import REPO, free_port, job_tables, run_cli, write_job
+from spine_sim.jobfile import free_port, job_tables, write_job
+from tests.support import REPO, run_cli
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (INFO|WARNING) ")
 HEADER = "NHS No,Patient Name,Appointment Date\n"

@@ -19,11 +19,12 @@ import polars as pl
 import pytest
 
 from batch.csvsafe import excel_safe
-from batch.pki import make_dev_pki
+from batch.pki import DevPki
 from spine_sim.dataset import random_test_number
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
 from tests.browser import dump_dom, read_png, screenshot
-from tests.support import free_port, job_tables, run_cli, write_job
+from tests.support import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -135,9 +136,9 @@ def _list(night: int) -> pl.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
+def nights(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> dict[int, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("changes")
-    pki = make_dev_pki(tmp / "pki").directory
+    pki = dev_pki.directory
     port = free_port()
     dataset = tmp / "dataset.json"
     results: dict[int, dict[str, Any]] = {}

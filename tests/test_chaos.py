@@ -12,10 +12,11 @@ import polars as pl
 import pytest
 
 from batch.nhs_number import validate
-from batch.pki import make_dev_pki
+from batch.pki import DevPki
 from spine_sim.dataset import generate_dataset
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
-from tests.support import free_port, job_tables, run_cli, write_job
+from tests.support import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -41,10 +42,10 @@ FAULTS = {
 
 
 @pytest.fixture(scope="module")
-def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def chaos(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> dict:
     assert sum(FAULTS.values()) >= 0.2
     tmp = tmp_path_factory.mktemp("chaos")
-    pki = make_dev_pki(tmp / "pki").directory
+    pki = dev_pki.directory
     dataset = generate_dataset(CHILDREN, seed=2026)
     dataset.dump(tmp / "dataset.json")
     numbers = list(dataset.nhs_numbers())

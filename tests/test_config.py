@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from batch.config import ConfigError, known_keys, load_job
-from tests.support import REPO, job_tables, write_job
+from spine_sim.jobfile import job_tables, write_job
+from tests.support import REPO
 
 PIN = "sha256:" + "AB" * 32
 SUBJECT = "CN=msg.spine.example,O=NHS"

@@ -27,12 +27,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batch.pki import make_dev_pki
+from batch.pki import DevPki
 from batch.ratelimit import max_in_window
 from spine_sim.arrivals import Arrival
 from spine_sim.dataset import generate_dataset
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
-from tests.support import REPO, free_port, job_tables, run_cli, write_job
+from tests.support import REPO, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -65,7 +66,7 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[str]]:
+def world(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> dict[str, Path | list[str]]:
     tmp = tmp_path_factory.mktemp("midflow")
     dataset = generate_dataset(CHILDREN, seed=61)
     dataset.dump(tmp / "dataset.json")
@@ -73,7 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | list[str
     pl.DataFrame({"NHS No": numbers, "Appointment Date": ["15/01/2027"] * len(numbers)}).write_csv(
         tmp / "list.csv"
     )
-    return {"tmp": tmp, "pki": make_dev_pki(tmp / "pki").directory, "numbers": numbers}
+    return {"tmp": tmp, "pki": dev_pki.directory, "numbers": numbers}
 
 
 def _job(world: dict, name: str, spine_url: str, port: int) -> Path:

@@ -8,10 +8,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batch.pki import make_dev_pki
+from batch.pki import DevPki
 from spine_sim.dataset import generate_dataset
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
-from tests.support import free_port, job_tables, run_cli, write_job
+from tests.support import run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,7 +29,7 @@ KILL_POINTS = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def world(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> dict:
     tmp = tmp_path_factory.mktemp("crash")
     dataset = generate_dataset(CHILDREN, seed=11)
     dataset.dump(tmp / "dataset.json")
@@ -37,7 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     pl.DataFrame(
         {"NHS No": rows, "Appointment Date": ["15/01/2027"] * len(rows), "Clinic": ["ENT"] * len(rows)}
     ).write_csv(tmp / "list.csv")
-    return {"tmp": tmp, "pki": make_dev_pki(tmp / "pki").directory}
+    return {"tmp": tmp, "pki": dev_pki.directory}
 
 
 def _job(world: dict, name: str, spine_url: str, port: int) -> Path:

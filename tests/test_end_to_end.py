@@ -11,8 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from batch.pki import make_dev_pki
+from batch.pki import DevPki
 from spine_sim.dataset import load_dataset
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
 from tests.expectations import (
     expected_flagged,
@@ -20,15 +21,15 @@ from tests.expectations import (
     reported_flagged,
     reported_outcomes,
 )
-from tests.support import SAMPLE_DATA, SAMPLE_DATASET, free_port, job_tables, run_cli, write_job
+from tests.support import SAMPLE_DATA, SAMPLE_DATASET, run_cli
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def sample_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def sample_run(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> dict:
     tmp = tmp_path_factory.mktemp("e2e")
-    pki = make_dev_pki(tmp / "pki").directory
+    pki = dev_pki.directory
     lists_dir = tmp / "lists"
     lists_dir.mkdir()
     lists = []

@@ -24,6 +24,7 @@ from batch.correlate import SIDE_RAW_LIMIT
 from batch.nhs_number import validate
 from spine_sim.arrivals import Arrival
 from spine_sim.dataset import RecordsFound, load_dataset
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import SimProcess, running_sim
 from spine_sim.replies import build_query_failed
 from tests.expectations import expected_outcomes, reported_outcomes
@@ -37,7 +38,7 @@ from tests.inbound_support import (
     reply,
     request_head,
 )
-from tests.support import SAMPLE_DATA, SAMPLE_DATASET, free_port, job_tables, run_cli, write_job
+from tests.support import SAMPLE_DATA, SAMPLE_DATASET, run_cli
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,8 @@ from batch.config import load_job
 from batch.files import UnsafePathError
 from batch.lock import LockHeld, job_lock
 from batch.pki import make_dev_pki
-from tests.support import free_port, job_tables, run_cli, write_job
+from spine_sim.jobfile import free_port, job_tables, write_job
+from tests.support import run_cli
 
 
 def test_second_run_of_the_same_job_exits_75(tmp_path: Path) -> None:

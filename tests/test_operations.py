@@ -19,9 +19,10 @@ from typing import IO, Any
 import pytest
 
 from batch.nhs_number import is_valid_modulus11
-from batch.pki import make_dev_pki
+from batch.pki import DevPki, make_dev_pki
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
-from tests.support import REPO, SAMPLE_DATASET, free_port, job_tables, run_cli, write_job
+from tests.support import REPO, SAMPLE_DATASET, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -108,9 +109,9 @@ def _is_progress_on_signal(line: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+def observed(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> Iterator[Observed]:
     tmp = tmp_path_factory.mktemp("operations")
-    pki = make_dev_pki(tmp / "pki").directory
+    pki = dev_pki.directory
     numbers = _numbers(CHILDREN)
     (tmp / "list.csv").write_text(
         "NHS No,Appointment Date\n" + "".join(f"{nhs},01/12/2026\n" for nhs in numbers)

@@ -33,7 +33,7 @@ from batch.store import (
 )
 from batch.transport import OutboundQuery, SendAccepted, SendRejected, SendResult, SendUnanswered
 from batch.xmlsafe import parse_xml
-from tests.support import job_tables, write_job
+from spine_sim.jobfile import job_tables, write_job
 
 CHILD = "9991234012"
 OTHER = "9991234020"

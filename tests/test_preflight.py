@@ -20,8 +20,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from batch.patients import InputError, InputSpec, read_list_header, read_patient_lists
 from batch.pki import DevPki, make_dev_pki, spine_allowed_peer
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import SimProcess, running_sim
-from tests.support import SAMPLE_DATA, SAMPLE_DATASET, free_port, job_tables, run_cli, write_job
+from tests.support import SAMPLE_DATA, SAMPLE_DATASET, run_cli
 
 pytestmark = pytest.mark.e2e
 

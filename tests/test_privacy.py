@@ -17,10 +17,11 @@ import polars as pl
 import pytest
 
 from batch.config import load_job
-from batch.pki import make_dev_pki
+from batch.pki import DevPki
 from spine_sim.dataset import generate_dataset
+from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import SimProcess, running_sim
-from tests.support import free_port, job_tables, run_cli, write_job
+from tests.support import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -28,14 +29,14 @@ NAMES = ['=HYPERLINK("http://x","click")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def world(tmp_path_factory: pytest.TempPathFactory, dev_pki: DevPki) -> Iterator[dict]:
     tmp = tmp_path_factory.mktemp("privacy")
     dataset = generate_dataset(len(NAMES), seed=3)
     dataset.dump(tmp / "dataset.json")
     flagged = sorted(dataset.flagged_numbers())
     others = sorted(set(dataset.nhs_numbers()) - set(flagged))
     numbers = (flagged + others)[: len(NAMES)]
-    pki = make_dev_pki(tmp / "pki").directory
+    pki = dev_pki.directory
     port = free_port()
     with running_sim(
         pki_dir=pki, dataset=tmp / "dataset.json", reply_url=f"https://127.0.0.1:{port}/cpis/replies"

@@ -24,8 +24,8 @@ from batch.transport import (
     SendUnanswered,
     SpineTransport,
 )
+from spine_sim.jobfile import job_tables, write_job
 from spine_sim.signals import build_soap_fault
-from tests.support import job_tables, write_job
 
 URL = "https://127.0.0.1:9/reliablemessaging/reliablerequest"
 Handler = Callable[[httpx.Request], httpx.Response]

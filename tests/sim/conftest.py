@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from batch.pki import DevPki, make_dev_pki
+from batch.pki import DevPki
 
 
 @pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return make_dev_pki(tmp_path_factory.mktemp("pki"))
+def pki(dev_pki: DevPki) -> DevPki:
+    return dev_pki

@@ -15,6 +15,7 @@ import pytest
 
 from batch.pki import DevPki
 from batch.tls import client_context
+from spine_sim.jobfile import job_tables, write_job
 from spine_sim.process import running_sim
 from tests.sim.harness import (
     FLAGGED,
@@ -24,7 +25,6 @@ from tests.sim.harness import (
     send_query,
     small_dataset,
 )
-from tests.support import job_tables, write_job
 
 REPO = Path(__file__).resolve().parents[2]
 
