@@ -31,7 +31,7 @@ from enum import StrEnum
 import polars as pl
 
 from batch.states import Outcome
-from batch.store import ChildOutcome, PlanRow
+from batch.store import ChildOutcome, PlanRow, outcomes_of_frame
 
 
 class ChangeKind(StrEnum):
@@ -69,11 +69,12 @@ CHANGE_SCHEMA: dict[str, pl.DataType] = {
 
 @dataclass(frozen=True)
 class RunOutcomes:
-    """One run's side of the comparison: its id, reference date and every child's outcome."""
+    """One run's side of the comparison: its id, reference date and every child's outcome, as an outcome frame
+    (`batch.store.OUTCOME_FRAME_SCHEMA`; `frame_of_outcomes` makes one from typed records)."""
 
     run_id: str
     reference_date: date
-    outcomes: tuple[ChildOutcome, ...]
+    outcomes: pl.DataFrame
 
 
 @dataclass(frozen=True)
@@ -180,14 +181,62 @@ def _sort_key(change: Change) -> tuple[str, int, tuple[str, ...], tuple[str, ...
 _KIND_ORDER = {kind: index for index, kind in enumerate(ChangeKind)}
 
 
+def _candidates(previous: RunOutcomes, current: RunOutcomes) -> tuple[list[ChildOutcome], list[ChildOutcome]]:
+    """The children whose status may have changed, typed; every other child is left as columns.
+
+    Compared further: a child with a definite answer in both runs, flagged in at least one, whose plans differ
+    or one of whose plans has its end date between the two reference dates (ended in between). Most children
+    are in neither case, so a run of any size builds records only for what changed.
+    """
+    plans = pl.col("result_json").str.json_path_match("$.plans")
+    ends = pl.col("result_json").str.extract_all(r'"plan_end": "(\d{4}-\d{2}-\d{2})')
+    definite = [o.value for o in DEFINITE]
+    flagged = Outcome.FLAGGED.value
+    pairs = (
+        current.outcomes.lazy()
+        .filter(pl.col("outcome").is_in(definite))
+        .join(
+            previous.outcomes.lazy().filter(pl.col("outcome").is_in(definite)),
+            on="nhs_number",
+            how="inner",
+            suffix="_before",
+        )
+        .filter((pl.col("outcome") == flagged) | (pl.col("outcome_before") == flagged))
+        .with_columns(
+            plans.alias("plans"),
+            pl.col("result_json_before").str.json_path_match("$.plans").alias("plans_before"),
+            pl.concat_list(
+                ends, pl.col("result_json_before").str.extract_all(r'"plan_end": "(\d{4}-\d{2}-\d{2})')
+            )
+            .list.eval(
+                pl.element()
+                .str.slice(-10)
+                .str.to_date(strict=False)
+                .is_between(previous.reference_date, current.reference_date, closed="left")
+            )
+            .list.any()
+            .alias("ended_between"),
+        )
+        .filter(
+            (pl.col("outcome") != pl.col("outcome_before"))
+            | pl.col("plans").ne_missing(pl.col("plans_before"))
+            | pl.col("ended_between")
+        )
+        .collect()
+    )
+    columns = list(current.outcomes.columns)
+    now = pairs.select(columns)
+    then = pairs.select("nhs_number", *(pl.col(f"{c}_before").alias(c) for c in columns if c != "nhs_number"))
+    return outcomes_of_frame(then), outcomes_of_frame(now)
+
+
 def compare_runs(previous: RunOutcomes, current: RunOutcomes) -> list[Change]:
     """Every change from `previous` to `current`, by the rules in this module's docstring."""
-    before = {o.nhs_number: o for o in previous.outcomes}
+    then_records, now_records = _candidates(previous, current)
+    before = {o.nhs_number: o for o in then_records}
     changes: list[Change] = []
-    for now in current.outcomes:
-        then = before.get(now.nhs_number)
-        if then is None or then.outcome not in DEFINITE or now.outcome not in DEFINITE:
-            continue
+    for now in now_records:
+        then = before[now.nhs_number]
         was_flagged, is_flagged = then.outcome is Outcome.FLAGGED, now.outcome is Outcome.FLAGGED
         nhs = now.nhs_number
         # A flagged answer always holds a plan (else it is `error`); were one without, the child still shows.

@@ -237,7 +237,7 @@ async def previous_outcomes(store: Store, run_id: str) -> RunOutcomes | None:
     previous = await store.previous_complete_run(run_id)
     if previous is None:
         return None
-    outcomes = tuple(await store.outcomes(previous.run_id))
+    outcomes = await store.outcome_frame(previous.run_id)
     return RunOutcomes(previous.run_id, date.fromisoformat(previous.reference_date), outcomes)
 
 
@@ -278,7 +278,7 @@ async def report_frames(
 ) -> ReportFrames:
     """A run's reports from its input rows and the outcomes in the state: the one way they are built, for the
     run itself and for `cpis-batch report` alike (which must give the same files)."""
-    outcomes = await store.outcomes(run_id)
+    outcomes = await store.outcome_frame(run_id)
     previous = await previous_outcomes(store, run_id)
     return build_reports(
         patients, outcomes, date.fromisoformat(reference_date), run_id=run_id, previous=previous

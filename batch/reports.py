@@ -25,7 +25,6 @@ from batch.failpoints import failpoint
 from batch.files import Privacy, clear_staged, private_dir, stage
 from batch.patients import APPOINTMENT_DATE, RESERVED_COLUMNS, WINDOW_REASON
 from batch.states import Outcome
-from batch.store import ChildOutcome
 from batch.summary import RunSummary
 from batch.summary_html import render_summary_html
 from batch.xlsx import write_xlsx
@@ -62,28 +61,29 @@ PLAN_COLUMNS = (
 )
 FLAGGED_COLUMNS = ("source_file", "source_row", "nhs_number", *PLAN_COLUMNS, "message_id", "queried_at")
 
-_OUTCOME_SCHEMA = {
-    "nhs_number": pl.Utf8,
-    "outcome": pl.Utf8,
-    "reason": pl.Utf8,
-    "attempts": pl.Int64,
-    "message_id": pl.Utf8,
-    "queried_at": pl.Utf8,
-}
-_PLAN_SCHEMA = {
-    "nhs_number": pl.Utf8,
-    "plan_type": pl.Utf8,
-    "plan_start": pl.Utf8,
-    "plan_end": pl.Utf8,
-    "la_code": pl.Utf8,
-    "la_name": pl.Utf8,
-    "la_office_phone": pl.Utf8,
-    "la_emergency_phone": pl.Utf8,
-    "access_count": pl.Int64,
-    "last_access_at": pl.Utf8,
-    "last_access_organisation": pl.Utf8,
-    "child_records": pl.Int64,
-}
+# The outcome frame's columns the results take.
+_ANSWER_COLUMNS = ("nhs_number", "outcome", "reason", "attempts", "message_id", "queried_at")
+# How `FlagResult.to_json` lays a flagged child's answer out, for reading it in polars (no object per child).
+_PLAN_STRUCT = pl.Struct(
+    {
+        "plan_type": pl.String,
+        "plan_start": pl.String,
+        "plan_end": pl.String,
+        "la_code": pl.String,
+        "la_name": pl.String,
+        "la_office_phone": pl.String,
+        "la_emergency_phone": pl.String,
+    }
+)
+_RESULT_STRUCT = pl.Struct(
+    {
+        "plans": pl.List(_PLAN_STRUCT),
+        "access_count": pl.Int64,
+        "last_access_at": pl.String,
+        "last_access_organisation": pl.String,
+        "child_records": pl.Int64,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -112,31 +112,18 @@ def _input_columns(results: pl.DataFrame) -> list[str]:
     return [c for c in results.columns if c not in RESULT_COLUMNS and c != APPOINTMENT_DATE]
 
 
-def _outcome_frame(outcomes: list[ChildOutcome]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "nhs_number": [o.nhs_number for o in outcomes],
-            "outcome": [o.outcome.value if o.outcome is not None else None for o in outcomes],
-            "reason": [o.reason for o in outcomes],
-            "attempts": [o.attempts for o in outcomes],
-            "message_id": [o.message_id for o in outcomes],
-            "queried_at": [o.queried_at for o in outcomes],
-        },
-        schema=_OUTCOME_SCHEMA,
-    )
-
-
 def _column(prefix: str, name: str) -> pl.Expr:
     return pl.col(f"{prefix}{name}")
 
 
-def build_results(patients: pl.DataFrame, outcomes: list[ChildOutcome]) -> pl.DataFrame:
+def build_results(patients: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
+    """Every input row with exactly one outcome; `outcomes` is the run's outcome frame (`Store.outcome_frame`)."""
     frame, input_cols = _input_frame(patients)
     # The answers' columns get a prefix no input column has (input names are anything a list holds).
     q = "_q_"
     while any(c.startswith(q) for c in frame.columns):
         q = "_" + q
-    answers = _outcome_frame(outcomes).rename({c: f"{q}{c}" for c in _OUTCOME_SCHEMA})
+    answers = outcomes.select(_ANSWER_COLUMNS).rename({c: f"{q}{c}" for c in _ANSWER_COLUMNS})
     joined = frame.join(answers, left_on="_nhs_number", right_on=f"{q}nhs_number", how="left", coalesce=False)
     invalid = pl.col("_nhs_reason").is_not_null()
     # A valid row outside the appointment window is not answered, even when its child was queried for another.
@@ -175,27 +162,19 @@ def build_results(patients: pl.DataFrame, outcomes: list[ChildOutcome]) -> pl.Da
     return results.sort("source_file", "source_row")
 
 
-def build_flagged(results: pl.DataFrame, outcomes: list[ChildOutcome], reference_date: date) -> pl.DataFrame:
-    rows = [
-        (
-            o.nhs_number,
-            plan.plan_type,
-            plan.plan_start,
-            plan.plan_end,
-            plan.la_code,
-            plan.la_name,
-            plan.la_office_phone,
-            plan.la_emergency_phone,
-            o.result.access_count,
-            o.result.last_access_at,
-            o.result.last_access_organisation,
-            o.result.child_records,
-        )
-        for o in outcomes
-        if o.outcome is Outcome.FLAGGED and o.result is not None
-        for plan in o.result.plans
-    ]
-    plans = pl.DataFrame(rows, schema=_PLAN_SCHEMA, orient="row")
+def build_flagged(results: pl.DataFrame, outcomes: pl.DataFrame, reference_date: date) -> pl.DataFrame:
+    """One row per flagged input row per plan, read from the flagged children's stored answers."""
+    answers = (
+        outcomes.lazy()
+        .filter((pl.col("outcome") == Outcome.FLAGGED.value) & pl.col("result_json").is_not_null())
+        .select("nhs_number", pl.col("result_json").str.json_decode(_RESULT_STRUCT).alias("result"))
+        .unnest("result")
+        .explode("plans")
+        .filter(pl.col("plans").is_not_null())
+        .unnest("plans")
+        .collect()
+    )
+    plans = answers.select("nhs_number", *(c for c in PLAN_COLUMNS if c != "plan_active_on_appointment"))
     flagged_rows = results.filter(pl.col("outcome") == "flagged")
     input_cols = _input_columns(results)
     joined = flagged_rows.join(plans, on="nhs_number", how="inner")
@@ -255,16 +234,17 @@ def build_changes(patients: pl.DataFrame, current: RunOutcomes, previous: RunOut
 
 def build_reports(
     patients: pl.DataFrame,
-    outcomes: list[ChildOutcome],
+    outcomes: pl.DataFrame,
     reference_date: date,
     *,
     run_id: str,
     previous: RunOutcomes | None,
 ) -> ReportFrames:
-    """Every report frame of the run; `previous` is the job's previous complete run (None: its first)."""
+    """Every report frame of the run from its outcome frame; `previous` is the job's previous complete run
+    (None: its first)."""
     results = build_results(patients, outcomes)
     flagged = build_flagged(results, outcomes, reference_date)
-    changes = build_changes(patients, RunOutcomes(run_id, reference_date, tuple(outcomes)), previous)
+    changes = build_changes(patients, RunOutcomes(run_id, reference_date, outcomes), previous)
     public = results.drop(APPOINTMENT_DATE)
     exceptions = public.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
     return ReportFrames(public, flagged, exceptions, changes, row_context(patients), previous)

@@ -21,7 +21,7 @@ from batch.changes import (
     plan_open,
 )
 from batch.states import Outcome, RunStatus
-from batch.store import ChildOutcome, FlagResult, PlanRow, Run, Store
+from batch.store import ChildOutcome, FlagResult, PlanRow, Run, Store, frame_of_outcomes
 
 DAY1 = date(2027, 1, 10)
 DAY2 = date(2027, 1, 11)
@@ -59,7 +59,7 @@ def other(nhs: str, outcome: Outcome, reason: str | None = None) -> ChildOutcome
 
 
 def run(run_id: str, day: date, *outcomes: ChildOutcome) -> RunOutcomes:
-    return RunOutcomes(run_id, day, outcomes)
+    return RunOutcomes(run_id, day, frame_of_outcomes(outcomes))
 
 
 def compare(

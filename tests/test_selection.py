@@ -13,7 +13,7 @@ from batch.reports import EXCEPTION_OUTCOMES, build_results
 from batch.run_inputs import decode, encode
 from batch.selection import apply_window, query_reasons
 from batch.states import Outcome
-from batch.store import ChildOutcome, QueryReason
+from batch.store import ChildOutcome, QueryReason, frame_of_outcomes
 
 TODAY = date(2026, 12, 4)
 IN, MIXED, BEFORE, AFTER, NO_DATE, BAD_DATE = (
@@ -85,7 +85,7 @@ def test_outside_rows_are_reported_outside_window_and_not_as_exceptions(tmp_path
         ChildOutcome(IN, Outcome.NOT_FLAGGED, None, None, 1, "M-IN", "2026-12-04T01:00:00.000+00:00"),
         ChildOutcome(MIXED, Outcome.NOT_FLAGGED, None, None, 1, "M-MIXED", "2026-12-04T01:00:01.000+00:00"),
     ]
-    results = build_results(windowed, answered)
+    results = build_results(windowed, frame_of_outcomes(answered))
     assert results.select("source_row", "outcome", "reason", "attempts", "message_id").rows() == [
         (1, "not_flagged", None, 1, "M-IN"),
         (2, "outside_window", "outside_window", 0, None),

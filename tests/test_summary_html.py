@@ -20,7 +20,7 @@ from batch.patients import InputSpec, read_patient_lists
 from batch.reasons import explain
 from batch.reports import ReportFrames, build_reports
 from batch.states import Outcome
-from batch.store import ChildOutcome, FlagResult, PlanRow
+from batch.store import ChildOutcome, FlagResult, PlanRow, frame_of_outcomes
 from batch.summary import RunSummary, ThisProcess
 from batch.summary_html import el, esc, render_summary_html
 from tests.browser import paeth, read_png
@@ -63,7 +63,9 @@ NOW = [
 BEFORE = RunOutcomes(
     "PREVIOUS-RUN",
     DAY1,
-    (flagged(A, plan()), answered(C, Outcome.NOT_FLAGGED), answered(D, Outcome.NOT_FLAGGED)),
+    frame_of_outcomes(
+        (flagged(A, plan()), answered(C, Outcome.NOT_FLAGGED), answered(D, Outcome.NOT_FLAGGED))
+    ),
 )
 
 
@@ -94,7 +96,11 @@ def _patients(tmp_path: Path, *, context: bool) -> pl.DataFrame:
 
 def _frames(tmp_path: Path, *, context: bool = True, previous: RunOutcomes | None = BEFORE) -> ReportFrames:
     return build_reports(
-        _patients(tmp_path, context=context), NOW, DAY2, run_id="THIS-RUN", previous=previous
+        _patients(tmp_path, context=context),
+        frame_of_outcomes(NOW),
+        DAY2,
+        run_id="THIS-RUN",
+        previous=previous,
     )
 
 
@@ -268,7 +274,7 @@ def test_exceptions_say_what_happened_in_plain_english(tmp_path: Path) -> None:
     ("previous", "message"), [(None, "first complete run"), ("same", "No child's CP-IS status changed")]
 )
 def test_first_run_and_no_changes_say_so(tmp_path: Path, previous: str | None, message: str) -> None:
-    before = None if previous is None else RunOutcomes("PREVIOUS-RUN", DAY2, tuple(NOW))
+    before = None if previous is None else RunOutcomes("PREVIOUS-RUN", DAY2, frame_of_outcomes(NOW))
     _, doc = _page(_frames(tmp_path, previous=before))
     section = doc.xpath("//section[@id='changes']")[0]
     assert message in section.text_content()

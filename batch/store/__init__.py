@@ -1,6 +1,7 @@
 """The run's state: runs, children, attempts, inbound messages and the audit trail, in one SQLite file."""
 
 from batch.store.records import (
+    OUTCOME_FRAME_SCHEMA,
     AttemptRef,
     AuditEntry,
     AwaitedAttempt,
@@ -17,11 +18,14 @@ from batch.store.records import (
     StoredInbound,
     StoredInputs,
     StoredRun,
+    frame_of_outcomes,
+    outcomes_of_frame,
 )
 from batch.store.schema import SCHEMA_VERSION
 from batch.store.state_file import Store, StoreError, StoreOpenError, utcnow
 
 __all__ = [
+    "OUTCOME_FRAME_SCHEMA",
     "SCHEMA_VERSION",
     "AttemptRef",
     "AuditEntry",
@@ -42,5 +46,7 @@ __all__ = [
     "StoredInbound",
     "StoredInputs",
     "StoredRun",
+    "frame_of_outcomes",
+    "outcomes_of_frame",
     "utcnow",
 ]

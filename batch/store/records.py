@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
+
+import polars as pl
 
 from batch.states import Disposition, Outcome, RunStatus
 
@@ -227,3 +230,48 @@ class AuditEntry:
     """The attempt's status (`accepted`, `answered`, `not_sent`, ...)."""
     outcome: str | None
     reason: str | None
+
+
+# Columns of a run's outcomes as a frame (`Store.outcome_frame`), one row per child.
+OUTCOME_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "nhs_number": pl.String(),
+    "outcome": pl.String(),
+    "reason": pl.String(),
+    "attempts": pl.Int64(),
+    "message_id": pl.String(),
+    "queried_at": pl.String(),
+    "result_json": pl.String(),
+}
+
+
+def frame_of_outcomes(outcomes: Iterable[ChildOutcome]) -> pl.DataFrame:
+    """Typed outcomes as an outcome frame (for a few children: a whole run is read as a frame)."""
+    rows = [
+        (
+            o.nhs_number,
+            o.outcome.value if o.outcome is not None else None,
+            o.reason,
+            o.attempts,
+            o.message_id,
+            o.queried_at,
+            o.result.to_json() if o.result is not None else None,
+        )
+        for o in outcomes
+    ]
+    return pl.DataFrame(rows, schema=OUTCOME_FRAME_SCHEMA, orient="row")
+
+
+def outcomes_of_frame(frame: pl.DataFrame) -> list[ChildOutcome]:
+    """An outcome frame's rows as typed outcomes."""
+    return [
+        ChildOutcome(
+            nhs_number=nhs,
+            outcome=Outcome(outcome) if outcome is not None else None,
+            reason=reason,
+            result=FlagResult.from_json(result) if result else None,
+            attempts=attempts,
+            message_id=message_id,
+            queried_at=queried_at,
+        )
+        for nhs, outcome, reason, attempts, message_id, queried_at, result in frame.iter_rows()
+    ]
