@@ -221,7 +221,7 @@ async def _send_and_await(
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve_inbound, app, sock, server_tls, peers, stop)
             async with reporting(cfg.state, run.run_id, progress):
-                await pipeline.run(pending)
+                await pipeline.run(pending.fresh, pending.resumed)
             stop.set()
     return _Sending(
         pipeline.progress,

@@ -19,6 +19,7 @@ import heapq
 import logging
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -57,8 +58,11 @@ class Progress:
         self.last_send = at
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Child:
+    """A child being queried: made when it is first taken from the ready queue (or resumed with history), and
+    dropped once it has an outcome, so a run's memory follows what is in flight, not the size of the list."""
+
     nhs_number: str
     counted: int = 0
     """Attempts whose POST left us, across restarts (they count towards max_attempts)."""
@@ -71,10 +75,10 @@ class _Child:
     done: bool = False
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class _Deadline:
     at: float
-    nhs_number: str = field(compare=False)
+    child: _Child = field(compare=False)
     message_id: str = field(compare=False)
 
 
@@ -100,7 +104,8 @@ class QueryPipeline:
         self._concurrency = concurrency
         self._index = index if index is not None else AttemptIndex()
         self._children: dict[str, _Child] = {}
-        self._ready: deque[str] = deque()
+        # Fresh children as NHS numbers (no object until they are sent), re-queued ones as their state.
+        self._ready: deque[str | _Child] = deque()
         self._deadlines: list[_Deadline] = []
         self._open = 0
         self._in_flight = 0
@@ -124,12 +129,17 @@ class QueryPipeline:
 
     # -- the run ---------------------------------------------------------------------------------------------
 
-    async def run(self, children: list[ChildProgress]) -> None:
-        """Give every child an outcome; returns when all have one."""
+    async def run(self, fresh: Sequence[str], resumed: Sequence[ChildProgress] = ()) -> None:
+        """Give every child an outcome; returns when all have one.
+
+        `fresh` children have never been queried; `resumed` ones carry what earlier processes did for them.
+        """
         finished: list[tuple[_Child, Outcome, str]] = []
         now_wall, now = datetime.now(UTC), anyio.current_time()
         limits = self._limits
-        for progress in children:
+        self._ready.extend(fresh)
+        self._open += len(fresh)
+        for progress in resumed:
             child = _Child(progress.nhs_number, progress.counted, progress.unsent, progress.last_failure)
             self._children[child.nhs_number] = child
             self._open += 1
@@ -143,7 +153,7 @@ class QueryPipeline:
             elif child.unsent >= limits.max_attempts:
                 finished.append((child, Outcome.ERROR, f"send_failed:{child.last_failure}"))
             else:
-                self._ready.append(child.nhs_number)
+                self._ready.append(child)
         for child, outcome, reason in finished:
             await self._finish(child, outcome, reason)
         if not self._open:
@@ -152,12 +162,11 @@ class QueryPipeline:
             tg.start_soon(self._deadline_loop)
             await self._send_loop(tg)
             if self.breaker_open:
-                while (nhs := self._pop_ready()) is not None:
-                    await self._finish(self._children[nhs], Outcome.ERROR, "spine_unavailable")
+                while (left := self._pop_ready()) is not None:
+                    await self._finish(left, Outcome.ERROR, "spine_unavailable")
 
     async def _send_loop(self, tg: anyio.abc.TaskGroup) -> None:
-        while (nhs := await self._next_ready()) is not None:
-            child = self._children[nhs]
+        while (child := await self._next_ready()) is not None:
             await self._take_place()
             token = object()
             await self._concurrency.limiter.acquire_on_behalf_of(token)
@@ -242,7 +251,7 @@ class QueryPipeline:
             now = anyio.current_time()
             while self._deadlines and self._deadlines[0].at <= now:
                 due = heapq.heappop(self._deadlines)
-                child = self._children[due.nhs_number]
+                child = due.child
                 if not child.done and child.awaiting == due.message_id:
                     await self._timed_out(child, due.message_id)
             self._deadlines_changed = anyio.Event()
@@ -269,26 +278,29 @@ class QueryPipeline:
 
     def _schedule(self, child: _Child, at: float) -> None:
         assert child.awaiting is not None
-        heapq.heappush(self._deadlines, _Deadline(at, child.nhs_number, child.awaiting))
+        heapq.heappush(self._deadlines, _Deadline(at, child, child.awaiting))
         self._deadlines_changed.set()
 
     def _requeue(self, child: _Child) -> None:
-        self._ready.append(child.nhs_number)
+        self._ready.append(child)
         self._ready_changed.set()
 
-    def _pop_ready(self) -> str | None:
+    def _pop_ready(self) -> _Child | None:
         while self._ready:
-            nhs = self._ready.popleft()
-            if not self._children[nhs].done:
-                return nhs
+            entry = self._ready.popleft()
+            if isinstance(entry, str):
+                child = self._children[entry] = _Child(entry)
+                return child
+            if not entry.done:
+                return entry
         return None
 
-    async def _next_ready(self) -> str | None:
+    async def _next_ready(self) -> _Child | None:
         """The next child to query; None when every child has an outcome or Spine is unavailable."""
         while not self.breaker_open:
-            nhs = self._pop_ready()
-            if nhs is not None:
-                return nhs
+            child = self._pop_ready()
+            if child is not None:
+                return child
             if not self._open:
                 return None
             self._ready_changed = anyio.Event()
@@ -319,6 +331,7 @@ class QueryPipeline:
         if child.done:
             return
         child.done = True
+        del self._children[child.nhs_number]
         self._index.drop_child(child.nhs_number)
         child.awaiting = None
         self._give_back_place(child)

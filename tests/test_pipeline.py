@@ -116,7 +116,7 @@ async def _run(
         async with anyio.create_task_group() as tg:
             if during is not None:
                 tg.start_soon(during, store, pipeline)
-            await pipeline.run(progress if progress is not None else [ChildProgress(c) for c in children])
+            await pipeline.run(children if progress is None else [], progress or [])
         return {o.nhs_number: o for o in await store.outcomes(run.run_id)}
 
 
@@ -255,7 +255,7 @@ async def test_a_reply_before_the_202_ends_the_child(tmp_path: Path) -> None:
         await remember(store, pipeline)
         # Returns at once: no 60 s wait for a reply that has already come.
         with anyio.fail_after(10):
-            await pipeline.run([ChildProgress(CHILD)])
+            await pipeline.run([CHILD])
         outcomes = await store.outcomes(run.run_id)
     assert [(o.outcome, o.attempts) for o in outcomes] == [(Outcome.NOT_FLAGGED, 1)]
     assert _statuses(tmp_path) == [(CHILD, AttemptStatus.ANSWERED)]
@@ -291,7 +291,7 @@ async def test_attempts_are_recorded_only_once_their_rate_slot_is_granted(tmp_pa
             concurrency=PostConcurrency(1000, 8),
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(pipeline.run, [ChildProgress(c) for c in children])
+            tg.start_soon(pipeline.run, children)
             while GatedLimiter.waiting < 8:
                 await anyio.wait_all_tasks_blocked()
             assert _statuses(tmp_path) == []  # eight senders wait on the limiter; nothing recorded
@@ -357,14 +357,15 @@ async def test_a_resumed_child_waits_for_its_earlier_query_while_fresh_children_
         if status is AttemptStatus.ACCEPTED:
             await store.record_send_result(earlier, status, acked_at=sent.isoformat())
         progress = await store.open_children(run.run_id)
-        assert progress[0] == ChildProgress(
-            CHILD, counted=1, awaited=AwaitedAttempt(earlier.message_id, sent)
-        )
+        assert progress.resumed == [
+            ChildProgress(CHILD, counted=1, awaited=AwaitedAttempt(earlier.message_id, sent))
+        ]
+        assert progress.fresh == [OTHER]
         pipeline = _pipeline(cfg, store, sender, run.run_id)
         async with anyio.create_task_group() as tg:
             tg.start_soon(seed_and_answer, store, pipeline)
             with anyio.fail_after(10):
-                await pipeline.run(progress)
+                await pipeline.run(progress.fresh, progress.resumed)
         outcomes = {o.nhs_number: o for o in await store.outcomes(run.run_id)}
     assert [nhs for _, nhs in sender.sent] == [OTHER]
     assert (outcomes[CHILD].outcome, outcomes[CHILD].attempts) == (Outcome.FLAGGED, 1)
@@ -438,6 +439,6 @@ async def test_an_attempt_is_in_the_index_before_its_post_and_leaves_with_its_ch
             concurrency=PostConcurrency(1000, 4),
             index=index,
         )
-        await pipeline.run([ChildProgress(CHILD), ChildProgress(OTHER)])
+        await pipeline.run([CHILD, OTHER])
     assert seen == [m for m, _ in sender.sent]
     assert len(index) == 0

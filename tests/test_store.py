@@ -197,7 +197,7 @@ async def test_resume_finds_the_running_run_and_what_each_child_did(tmp_path: Pa
             run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-12-02"
         )
         assert run.resumed and run.run_id == run_id and run.reference_date == "2026-12-01"
-        progress = {p.nhs_number: p for p in await store.open_children(run_id)}
+        progress = {p.nhs_number: p for p in (await store.open_children(run_id)).all()}
         assert progress == {
             NHS_A: ChildProgress(
                 NHS_A,
@@ -240,7 +240,7 @@ async def test_a_sending_attempt_is_awaited_from_when_it_was_sent(tmp_path: Path
         run_id = await _new_run(store)
         ref = _ref(run_id, NHS_A)
         await store.record_attempt(ref, 1, SENT)
-        progress = {p.nhs_number: p for p in await store.open_children(run_id)}
+        progress = {p.nhs_number: p for p in (await store.open_children(run_id)).all()}
     assert progress[NHS_A] == ChildProgress(
         NHS_A, counted=1, awaited=AwaitedAttempt(ref.message_id, datetime(2026, 12, 1, 1, tzinfo=UTC))
     )
@@ -264,7 +264,7 @@ async def test_a_reply_before_the_202_is_not_overwritten_by_the_send_result(tmp_
         await _answer(store, ref, Resolution(Outcome.NOT_FLAGGED))
         await store.record_send_result(ref, AttemptStatus.ACCEPTED, acked_at=ACKED)
         await store.mark_timed_out(ref.message_id)
-        progress = await store.open_children(run_id)
+        progress = (await store.open_children(run_id)).all()
     # The child is answered, so only NHS_B is open; the answered attempt was neither re-marked nor timed out.
     assert [p.nhs_number for p in progress] == [NHS_B]
     conn = sqlite3.connect(tmp_path / "state.sqlite")

@@ -66,7 +66,7 @@ async def test_version_1_attempts_get_their_new_meaning(tmp_path: Path) -> None:
     conn.close()
 
     async with Store.open(path) as store:
-        progress = {p.nhs_number: p for p in await store.open_children(RUN)}
+        progress = {p.nhs_number: p for p in (await store.open_children(RUN)).all()}
         run = await store.begin_or_resume_run(
             run_id="other", job_name="job", input_fingerprint="fp", reference_date="2026-12-01"
         )

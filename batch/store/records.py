@@ -57,6 +57,24 @@ class ChildProgress:
 
 
 @dataclass(frozen=True)
+class OpenChildren:
+    """The children of a run still without an outcome."""
+
+    fresh: list[str]
+    """Never queried: NHS numbers only."""
+    resumed: list[ChildProgress]
+    """Queried by an earlier process, with what it did."""
+
+    def __len__(self) -> int:
+        return len(self.fresh) + len(self.resumed)
+
+    def all(self) -> list[ChildProgress]:
+        """Every open child as a `ChildProgress` (fresh ones with no history), by NHS number."""
+        everyone = [*(ChildProgress(n) for n in self.fresh), *self.resumed]
+        return sorted(everyone, key=lambda child: child.nhs_number)
+
+
+@dataclass(frozen=True)
 class PlanRow:
     """One plan from a CP-IS record, as the reports show it."""
 

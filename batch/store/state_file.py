@@ -28,6 +28,7 @@ from batch.store.records import (
     ChildOutcome,
     ChildProgress,
     InboundRecord,
+    OpenChildren,
     QueryReason,
     Resolution,
     Run,
@@ -325,19 +326,24 @@ class Store:
             return None
         return StoredInputs(tuple(bytes(r[0]) if r[0] is not None else None for r in rows))
 
-    async def open_children(self, run_id: str) -> list[ChildProgress]:
-        """Children of the run without an outcome, with what earlier processes did for them."""
+    async def open_children(self, run_id: str) -> OpenChildren:
+        """Children of the run without an outcome: those never queried, and those with what earlier processes
+        did for them (a resumed run)."""
+        fresh = await self._read(
+            "SELECT q.nhs_number FROM queries q WHERE q.run_id = ? AND q.outcome IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM attempts a WHERE a.run_id = q.run_id AND a.nhs_number = q.nhs_number)"
+            " ORDER BY q.nhs_number",
+            (run_id,),
+        )
         rows = await self._read(
             "SELECT q.nhs_number, a.message_id, a.status, a.sent_at, a.acked_at, a.detail"
-            " FROM queries q LEFT JOIN attempts a ON a.run_id = q.run_id AND a.nhs_number = q.nhs_number"
+            " FROM queries q JOIN attempts a ON a.run_id = q.run_id AND a.nhs_number = q.nhs_number"
             " WHERE q.run_id = ? AND q.outcome IS NULL ORDER BY q.nhs_number, a.attempt, a.sent_at",
             (run_id,),
         )
         progress: dict[str, ChildProgress] = {}
         for nhs, message_id, status_text, sent_at, acked_at, detail in rows:
-            child = progress.setdefault(nhs, ChildProgress(nhs))
-            if message_id is None:
-                continue
+            child = progress.get(nhs) or ChildProgress(nhs)
             status = AttemptStatus(status_text)
             awaited = None
             if status.awaits_reply:
@@ -350,7 +356,7 @@ class Store:
                 # Only the latest attempt can still be awaited: an earlier one was re-queried after a timeout.
                 awaited=awaited,
             )
-        return list(progress.values())
+        return OpenChildren([row[0] for row in fresh], list(progress.values()))
 
     async def recent_sends(self, job_name: str, limit: int) -> list[tuple[datetime, datetime | None]]:
         """The job's latest `limit` attempts (any run), for pacing across a restart: when each was recorded
