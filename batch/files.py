@@ -94,7 +94,7 @@ def check_private_dir(path: Path, what: str = "folder") -> Path | None:
     try:
         _judge_existing_dir(path, path.lstat(), what)
         return None
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # absent, or below a file: judged by its parent
         pass
     parent = path.parent
     while not parent.exists() and parent != parent.parent:

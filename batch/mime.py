@@ -240,18 +240,12 @@ def split_multipart(body: bytes, boundary: str, *, max_parts: int = MAX_PARTS) -
         raise MimeError("MIME boundary is not ASCII") from None
     delimiters = _delimiters(body, marker, max_parts)
     parts: list[MimePart] = []
-    closed = False
     for current, following in itertools.pairwise(delimiters):
-        if current[2]:
-            closed = True
-            break
         header_block, content = _split_headers(body[current[1] : following[0]])
         headers = _parse_part_headers(header_block)
         parts.append(MimePart(headers, _decode_transfer(headers, content)))
-        if following[2]:
-            closed = True
-            break
-    if not parts or not closed:
+    # _delimiters stops at the closing delimiter: when there is one, it is the last.
+    if not parts or not delimiters[-1][2]:
         raise MimeError("multipart body without parts or without its closing delimiter")
     return parts
 

@@ -1,6 +1,7 @@
 """ebXML envelope: framing, tolerant parsing, header checks, signals and Spine's synchronous answers."""
 
-from datetime import UTC, datetime, timedelta, timezone
+import re
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pytest
 from lxml import etree
@@ -177,6 +178,135 @@ def test_soap_header_carries_the_message_header_fields() -> None:
     assert soap.find("SOAP:Header/eb:DuplicateElimination", NS) is None
 
 
+# --- whole messages, byte for byte: every value and attribute that reaches the wire ------------------------
+
+_ENVELOPE_OPEN = (
+    '<?xml version="1.0" encoding="UTF-8"?><SOAP:Envelope xmlns:SOAP="http://schemas.xmlsoap.org/soap/envelope/"'
+    ' xmlns:eb="http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd"'
+    ' xmlns:hl7ebxml="urn:hl7-org:transport/ebXML/DSTUv1.0" xmlns:xlink="http://www.w3.org/1999/xlink">'
+)
+_PARTY = '<eb:PartyId eb:type="urn:nhs:names:partyType:ocs+serviceInstance">{}</eb:PartyId>'
+
+
+def _message_header_xml(
+    *, from_party: str, to_party: str, service: str, action: str, message_id: str, ref: str | None
+) -> str:
+    return (
+        '<eb:MessageHeader SOAP:mustUnderstand="1" eb:version="2.0">'
+        f"<eb:From>{_PARTY.format(from_party)}</eb:From><eb:To>{_PARTY.format(to_party)}</eb:To>"
+        f"<eb:CPAId>{CPA_ID}</eb:CPAId><eb:ConversationId>{C}</eb:ConversationId>"
+        f"<eb:Service>{service}</eb:Service><eb:Action>{action}</eb:Action>"
+        f"<eb:MessageData><eb:MessageId>{message_id}</eb:MessageId>"
+        "<eb:Timestamp>2025-03-14T09:26:53Z</eb:Timestamp>"
+        + (f"<eb:RefToMessageId>{ref}</eb:RefToMessageId>" if ref else "")
+        + "</eb:MessageData></eb:MessageHeader>"
+    )
+
+
+@pytest.mark.parametrize("ref", [None, R])
+def test_the_whole_message_byte_for_byte(ref: str | None) -> None:
+    headers, body = build_message(_query_header(ref_to_message_id=ref), HL7)
+    soap = (
+        _ENVELOPE_OPEN
+        + "<SOAP:Header>"
+        + _message_header_xml(
+            from_party=OUR_PARTY,
+            to_party=SPINE_PARTY,
+            service="urn:nhs:names:services:cpisquery",
+            action="QUPC_IN000006GB01",
+            message_id=M,
+            ref=ref,
+        )
+        + '<eb:SyncReply SOAP:mustUnderstand="1" eb:version="2.0"'
+        ' SOAP:actor="http://schemas.xmlsoap.org/soap/actor/next"/></SOAP:Header>'
+        '<SOAP:Body><eb:Manifest SOAP:mustUnderstand="1" eb:version="2.0">'
+        f'<eb:Reference xlink:href="cid:{M}@spine.nhs.uk">'
+        '<eb:Schema eb:location="http://www.nhsia.nhs.uk/schemas/HL7-Message.xsd" eb:version="1.0"/>'
+        '<eb:Description xml:lang="en">HL7 payload</eb:Description>'
+        '<hl7ebxml:Payload style="HL7" encoding="XML" version="3.0"/>'
+        "</eb:Reference></eb:Manifest></SOAP:Body></SOAP:Envelope>"
+    )
+    assert headers == {
+        "Content-Type": SPEC_CONTENT_TYPE,
+        "SOAPAction": "urn:nhs:names:services:cpisquery/QUPC_IN000006GB01",
+    }
+    assert body == (
+        b"----=_MIME-Boundary\r\n"
+        b"Content-Id: <ebXMLHeader@spine.nhs.uk>\r\n"
+        b"Content-Type: text/xml; charset=UTF-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + soap.encode() + b"\r\n"
+        b"----=_MIME-Boundary\r\n"
+        b"Content-Id: <" + M.encode() + b"@spine.nhs.uk>\r\n"
+        b"Content-Type: text/xml; charset=UTF-8\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n" + HL7 + b"\r\n"
+        b"----=_MIME-Boundary--\r\n"
+    )
+
+
+def test_the_whole_acknowledgement_byte_for_byte() -> None:
+    ack = build_acknowledgement(_reply_header(), our_party_key=OUR_PARTY, ack_message_id=A, now=NOW)
+    assert (
+        ack
+        == (
+            _ENVELOPE_OPEN
+            + "<SOAP:Header>"
+            + _message_header_xml(
+                from_party=OUR_PARTY,
+                to_party=SPINE_PARTY,
+                service="urn:oasis:names:tc:ebxml-msg:service",
+                action="Acknowledgment",
+                message_id=A,
+                ref=R,
+            )
+            + '<eb:Acknowledgment SOAP:mustUnderstand="1" eb:version="2.0"'
+            ' SOAP:actor="urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH">'
+            f"<eb:Timestamp>2025-03-14T09:26:53Z</eb:Timestamp><eb:RefToMessageId>{R}</eb:RefToMessageId>"
+            f"<eb:From>{_PARTY.format(OUR_PARTY)}</eb:From></eb:Acknowledgment></SOAP:Header><SOAP:Body/>"
+            "</SOAP:Envelope>"
+        ).encode()
+    )
+
+
+@pytest.mark.parametrize("severity", ["Error", "Warning"])
+def test_the_whole_message_error_byte_for_byte(severity: str) -> None:
+    data = build_message_error(
+        _reply_header(),
+        our_party_key=OUR_PARTY,
+        error_message_id=A,
+        now=NOW,
+        error_code="ValueNotRecognized",
+        description="501314:Invalid To Party Type attribute",
+        severity=severity,
+    )
+    assert (
+        data
+        == (
+            _ENVELOPE_OPEN
+            + "<SOAP:Header>"
+            + _message_header_xml(
+                from_party=OUR_PARTY,
+                to_party=SPINE_PARTY,
+                service="urn:oasis:names:tc:ebxml-msg:service",
+                action="MessageError",
+                message_id=A,
+                ref=R,
+            )
+            + f'<eb:ErrorList SOAP:mustUnderstand="1" eb:version="2.0" eb:highestSeverity="{severity}">'
+            '<eb:Error eb:codeContext="urn:oasis:names:tc:ebxml-msg:service:errors"'
+            f' eb:errorCode="ValueNotRecognized" eb:severity="{severity}">'
+            '<eb:Description xml:lang="en">501314:Invalid To Party Type attribute</eb:Description>'
+            "</eb:Error></eb:ErrorList></SOAP:Header><SOAP:Body/></SOAP:Envelope>"
+        ).encode()
+    )
+
+
+def test_the_message_error_default_severity_is_error() -> None:
+    data = build_message_error(
+        _reply_header(), our_party_key=OUR_PARTY, error_message_id=A, now=NOW, error_code="X", description="d"
+    )
+    assert b'eb:highestSeverity="Error"' in data and b'eb:severity="Error"' in data
+
+
 def test_ref_to_message_id_is_written_when_set() -> None:
     _, body = build_message(_reply_header(), REPLY_HL7)
     soap = _soap_of(body)
@@ -200,34 +330,105 @@ def test_payload_with_utf8_text_round_trips_unescaped() -> None:
 
 
 @pytest.mark.parametrize(
-    "changes",
+    ("changes", "message"),
     [
-        {"message_id": M.lower()},
-        {"message_id": M + ">\r\nX-Injected: 1"},
-        {"action": "QUPC_IN000006GB01\r\nX-Injected: 1"},
-        {"service": "urn:nhs:names:services:cpisquery evil"},
-        {"timestamp": "2025-03-14 09:26:53"},
-        {"cpa_id": ""},
-        {"cpa_id": "S2001919A2011852\n----=_MIME-Boundary--"},
-        {"conversation_id": C + "\t"},
-        {"ref_to_message_id": M + "\r\n"},
+        ({"message_id": M.lower()}, "message_id must be an uppercase UUID"),
+        ({"message_id": M + ">\r\nX-Injected: 1"}, "message_id must be an uppercase UUID"),
+        ({"action": "QUPC_IN000006GB01\r\nX-Injected: 1"}, "action must be an interaction id"),
+        ({"action": ""}, "action must be an interaction id"),
+        (
+            {"service": "urn:nhs:names:services:cpisquery evil"},
+            "service must be a URN without spaces or separators",
+        ),
+        ({"service": "cpisquery"}, "service must be a URN without spaces or separators"),
+        ({"timestamp": "2025-03-14 09:26:53"}, "timestamp must be UTC YYYY-MM-DDThh:mm:ssZ"),
+        ({"timestamp": "2025-03-14T09:26:53+00:00"}, "timestamp must be UTC YYYY-MM-DDThh:mm:ssZ"),
+        ({"cpa_id": ""}, "cpa_id must be a non-empty string"),
+        ({"cpa_id": " \t"}, "cpa_id must be a non-empty string"),
+        ({"cpa_id": "S2001919A2011852\n----=_MIME-Boundary--"}, "cpa_id must not contain control characters"),
+        ({"from_party": "X26\x7f"}, "from_party must not contain control characters"),
+        ({"to_party": "\x1fYES"}, "to_party must not contain control characters"),
+        ({"to_party": ""}, "to_party must be a non-empty string"),
+        ({"conversation_id": C + "\t"}, "conversation_id must not contain control characters"),
+        ({"conversation_id": ""}, "conversation_id must be a non-empty string"),
+        ({"ref_to_message_id": M + "\r\n"}, "ref_to_message_id must not contain control characters"),
+        ({"ref_to_message_id": ""}, "ref_to_message_id must be a non-empty string"),
+        ({"from_party": "X----=_MIME-Boundary"}, "a header value contains the MIME boundary"),
     ],
 )
-def test_unsafe_or_malformed_header_values_are_refused(changes: dict[str, str]) -> None:
-    with pytest.raises(ValueError):
+def test_unsafe_or_malformed_header_values_are_refused(changes: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         build_message(_query_header(**changes), HL7)
 
 
+def test_printable_header_values_with_spaces_and_tildes_are_kept() -> None:
+    header = _reply_header(from_party="YES 0000806~", cpa_id="S2001919 A2011852")
+    http_headers, body = build_message(header, REPLY_HL7)
+    assert parse_message(http_headers["Content-Type"], body).header == header
+
+
+def test_an_empty_payload_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^the HL7 payload is empty$"):
+        build_message(_query_header(), b"")
+
+
+def _template(*, refers: bool) -> ebxml.MessageTemplate:
+    return ebxml.MessageTemplate(
+        from_party=OUR_PARTY,
+        to_party=SPINE_PARTY,
+        cpa_id=CPA_ID,
+        service="urn:nhs:names:services:cpisquery",
+        action="QUPC_IN000006GB01",
+        refers=refers,
+    )
+
+
+def test_a_template_takes_a_ref_exactly_when_it_was_made_with_one() -> None:
+    values = {"conversation_id": C, "message_id": M, "timestamp": "2025-03-14T09:26:53Z", "hl7": HL7}
+    with pytest.raises(
+        ValueError, match=r"^ref_to_message_id must be given exactly when the template refers to a message$"
+    ):
+        _template(refers=False).render(**values, ref_to_message_id=R)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError, match=r"^ref_to_message_id must be given exactly when the template refers to a message$"
+    ):
+        _template(refers=True).render(**values)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^ref_to_message_id must not contain control characters$"):
+        _template(refers=True).render(**values, ref_to_message_id=R + "\n")  # type: ignore[arg-type]
+
+
+def test_a_template_renders_each_attempt_afresh() -> None:
+    template = _template(refers=False)
+    first = template.render(conversation_id=C, message_id=M, timestamp="2025-03-14T09:26:53Z", hl7=HL7)
+    second = template.render(conversation_id=R, message_id=A, timestamp="2025-03-14T09:26:54Z", hl7=REPLY_HL7)
+    assert first == build_message(_query_header(), HL7)
+    assert second == build_message(
+        _query_header(conversation_id=R, message_id=A, timestamp="2025-03-14T09:26:54Z"), REPLY_HL7
+    )
+    first[0]["Content-Type"] = "changed"
+    assert template.render(conversation_id=C, message_id=M, timestamp="2025-03-14T09:26:53Z", hl7=HL7) == (
+        build_message(_query_header(), HL7)
+    )
+
+
 def test_payload_containing_the_boundary_is_refused() -> None:
-    with pytest.raises(ValueError, match="boundary"):
+    with pytest.raises(ValueError, match=r"^the HL7 payload contains the MIME boundary$"):
         build_message(_query_header(), HL7 + b"\r\n----=_MIME-Boundary--\r\n")
 
 
 def test_utc_timestamp() -> None:
     summer = datetime(2025, 7, 1, 10, 0, 5, 999, tzinfo=timezone(timedelta(hours=1)))
     assert utc_timestamp(summer) == "2025-07-01T09:00:05Z"
-    with pytest.raises(ValueError):
+    assert utc_timestamp(datetime(2025, 12, 31, 23, 59, 59, tzinfo=UTC)) == "2025-12-31T23:59:59Z"
+    with pytest.raises(ValueError, match=r"^ebXML timestamps need a timezone-aware datetime$"):
         utc_timestamp(datetime(2025, 7, 1, 10, 0, 5))  # naive on purpose
+
+    class NoOffset(tzinfo):
+        def utcoffset(self, dt: datetime | None) -> timedelta | None:
+            return None
+
+    with pytest.raises(ValueError, match=r"^ebXML timestamps need a timezone-aware datetime$"):
+        utc_timestamp(datetime(2025, 7, 1, 10, 0, 5, tzinfo=NoOffset()))
 
 
 # --- tolerant inbound parsing (§4.1) ----------------------------------------------------------------------
@@ -327,6 +528,18 @@ def test_lowercase_hl7ebxml_namespace_and_single_line_lowercase_soap() -> None:
     assert parse_message(SPEC_CONTENT_TYPE, body).hl7 == REPLY_HL7
 
 
+def test_a_manifest_without_an_hl7_payload_reference_still_names_the_part() -> None:
+    soap = _inbound_soap().replace(
+        b'<hl7ebxml:Payload style="HL7" encoding="XML" version="3.0"/>', b"<eb:Description>x</eb:Description>"
+    )
+    body = _multipart(
+        _part("ebXMLHeader@spine.nhs.uk", soap),
+        _part("other@spine.nhs.uk", b"<other/>"),
+        _part(f"{R}@spine.nhs.uk", REPLY_HL7),
+    )
+    assert parse_message(SPEC_CONTENT_TYPE, body).hl7 == REPLY_HL7
+
+
 def test_without_manifest_the_second_part_is_the_payload() -> None:
     body = _multipart(
         _part("ebXMLHeader@spine.nhs.uk", _inbound_soap(manifest_cid=None)),
@@ -364,6 +577,18 @@ DOCTYPE_SOAP = (
     b'<?xml version="1.0"?><!DOCTYPE e [<!ENTITY x "boom">]>'
     b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Header/><soap:Body/></soap:Envelope>'
 )
+
+
+# What the endpoint logs for each: the whole reason (an XML error's own text follows "ebXML part: ").
+UNPARSEABLE_REASONS = {
+    "doctype": "ebXML part: ",
+    "bad-xml": "ebXML part: ",
+    "not-soap": "ebXML part is not a SOAP 1.1 envelope",
+    "no-message-header": "SOAP header without eb:MessageHeader",
+    "manifest-cid-missing": "the Manifest references a MIME part that is not in the message",
+    "payload-not-xml-type": "HL7 part is not text/xml or application/xml",
+    "not-utf8": "ebXML part is not UTF-8",
+}
 
 
 @pytest.mark.parametrize(
@@ -408,8 +633,11 @@ DOCTYPE_SOAP = (
         ),
     ],
 )
-def test_unparseable_messages_raise(content_type: str, body: bytes) -> None:
-    with pytest.raises(EbxmlParseError):
+def test_unparseable_messages_raise(content_type: str, body: bytes, request: pytest.FixtureRequest) -> None:
+    reason = UNPARSEABLE_REASONS[request.node.callspec.id]
+    with pytest.raises(
+        EbxmlParseError, match="^" + re.escape(reason) + ("" if reason.endswith(" ") else "$")
+    ):
         parse_message(content_type, body)
 
 
@@ -465,11 +693,24 @@ def test_valid_reply_headers_pass(action: str) -> None:
     ],
 )
 def test_header_problems(changes: dict[str, str], code: str) -> None:
-    problem = check_inbound_header(_reply_header(**changes), OUR_PARTY)
-    assert problem is not None
-    assert problem.error_code == code
-    if code == "ValueNotRecognized":
-        assert problem.description == "501314:Invalid To Party Type attribute"
+    descriptions = {
+        "ValueNotRecognized": "501314:Invalid To Party Type attribute",
+        "NotSupported": "eb:Service/eb:Action not supported by this endpoint",
+        "Inconsistent": "eb:MessageId is missing",
+    }
+    assert check_inbound_header(_reply_header(**changes), OUR_PARTY) == ebxml.HeaderProblem(
+        code, descriptions[code]
+    )
+
+
+def test_header_problems_are_reported_in_table_order() -> None:
+    everything_wrong = _reply_header(to_party="X", service="urn:x:y", message_id="")
+    assert check_inbound_header(everything_wrong, OUR_PARTY) == ebxml.HeaderProblem(
+        "ValueNotRecognized", "501314:Invalid To Party Type attribute"
+    )
+    assert check_inbound_header(_reply_header(service="urn:x:y", message_id=""), OUR_PARTY) == (
+        ebxml.HeaderProblem("NotSupported", "eb:Service/eb:Action not supported by this endpoint")
+    )
 
 
 # --- our acknowledgement and MessageError (§4.4) ----------------------------------------------------------
@@ -506,12 +747,38 @@ def test_acknowledgement_layout() -> None:
 
 
 def test_acknowledgement_requires_an_uppercase_id_and_an_inbound_message_id() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^message_id must be an uppercase UUID$"):
         build_acknowledgement(_reply_header(), our_party_key=OUR_PARTY, ack_message_id=A.lower(), now=NOW)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^inbound message_id must be a non-empty string$"):
         build_acknowledgement(
-            _reply_header(message_id=""), our_party_key=OUR_PARTY, ack_message_id=A, now=NOW
+            _reply_header(message_id=" "), our_party_key=OUR_PARTY, ack_message_id=A, now=NOW
         )
+    with pytest.raises(ValueError, match=r"^our_party_key must be a non-empty string$"):
+        build_acknowledgement(_reply_header(), our_party_key="", ack_message_id=A, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"severity": "error"}, "severity must be Error or Warning"),
+        ({"severity": "Fatal"}, "severity must be Error or Warning"),
+        ({"error_code": ""}, "error_code must be a non-empty string"),
+        ({"description": " "}, "description must be a non-empty string"),
+        ({"our_party_key": ""}, "our_party_key must be a non-empty string"),
+        ({"error_message_id": A.lower()}, "message_id must be an uppercase UUID"),
+    ],
+)
+def test_message_error_values_are_checked(changes: dict[str, str], message: str) -> None:
+    values = {
+        "our_party_key": OUR_PARTY,
+        "error_message_id": A,
+        "error_code": "NotSupported",
+        "description": "d",
+        "severity": "Error",
+        **changes,
+    }
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        build_message_error(_reply_header(), now=NOW, **values)  # type: ignore[arg-type]
 
 
 def test_message_error_layout() -> None:
@@ -736,6 +1003,42 @@ def test_warning_only_error_list_does_not_reject() -> None:
 def test_client_error_is_not_retried_even_with_retriable_fault_codes() -> None:
     answer = classify_sync_answer(400, "text/xml", build_soap_fault(["200"], "d"))
     assert answer == Rejected("SOAPFault:200", "d", retriable=False)
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (199, Rejected("http_199", "unexpected HTTP 199 from Spine", False)),
+        (201, Rejected("http_201", "unexpected HTTP 201 from Spine", False)),
+        (399, Rejected("http_399", "unexpected HTTP 399 from Spine", False)),
+        (400, Rejected("http_400", "HTTP 400 from Spine", False)),
+        (499, Rejected("http_499", "HTTP 499 from Spine", False)),
+        (500, Rejected("http_500", "HTTP 500 from Spine", True)),
+        (599, Rejected("http_599", "HTTP 599 from Spine", True)),
+        (600, Rejected("http_600", "unexpected HTTP 600 from Spine", False)),
+    ],
+)
+def test_statuses_at_the_edges_of_their_ranges(status: int, expected: Rejected) -> None:
+    assert classify_sync_answer(status, None, b"") == expected
+
+
+@pytest.mark.parametrize("status", [399, 500, 599])
+def test_retriable_fault_codes_are_retried_outside_client_errors(status: int) -> None:
+    answer = classify_sync_answer(status, "text/xml", build_soap_fault(["200"], "d"))
+    assert answer == Rejected("SOAPFault:200", "d", retriable=True)
+
+
+@pytest.mark.parametrize("status", [400, 499])
+def test_retriable_fault_codes_are_not_retried_on_client_errors(status: int) -> None:
+    answer = classify_sync_answer(status, "text/xml", build_soap_fault(["200"], "d"))
+    assert answer == Rejected("SOAPFault:200", "d", retriable=False)
+
+
+def test_a_multipart_answer_is_read_from_the_part_start_names() -> None:
+    body = _multipart(
+        _part(f"{R}@spine.nhs.uk", REPLY_HL7), _part("ebXMLHeader@spine.nhs.uk", _ack_from_spine())
+    )
+    assert classify_sync_answer(200, SPEC_CONTENT_TYPE, body) == Accepted()
 
 
 def test_redirect_is_not_retried() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from batch.hl7 import (
     OID_ASID,
     OID_ODS_ORGANISATION,
     SCHEDULED_CARE_FLAG,
+    QueryTemplate,
     Sender,
     UnsafeQueryError,
     assert_scheduled_care,
@@ -32,6 +33,7 @@ from batch.hl7 import (
     split_person_name,
 )
 from batch.hl7.timestamps import UK_TIME
+from batch.hl7.xmlbuild import template_slot
 from batch.ids import new_id
 from batch.xmlsafe import parse_xml
 
@@ -105,8 +107,15 @@ def test_format_uses_gmt_in_winter_and_converts_other_offsets() -> None:
 
 
 def test_format_refuses_naive_datetimes() -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ValueError, match=r"^HL7 timestamps are built from timezone-aware datetimes only$"):
         format_hl7_ts(datetime(2024, 1, 15, 8, 0))
+
+    class NoOffset(tzinfo):
+        def utcoffset(self, dt: datetime | None) -> timedelta | None:
+            return None
+
+    with pytest.raises(ValueError, match=r"^HL7 timestamps are built from timezone-aware datetimes only$"):
+        format_hl7_ts(datetime(2024, 1, 15, 8, 0, tzinfo=NoOffset()))
 
 
 @pytest.mark.parametrize(
@@ -174,6 +183,9 @@ def test_format_then_parse_gives_london_wall_clock(moment: datetime) -> None:
         ("  Mx   Sam   O'Neil  ", "Mx", ("Sam",), "O'Neil"),
         ("Miss Ann Marie Lee", "Miss", ("Ann", "Marie"), "Lee"),
         ("Doctor Who Smith", None, ("Doctor", "Who"), "Smith"),  # not a known title
+        ("MX Sam Jones", "MX", ("Sam",), "Jones"),
+        ("Mr. X Jones", "Mr.", ("X",), "Jones"),
+        ("Drx Sam Jones", None, ("Drx", "Sam"), "Jones"),
     ],
 )
 def test_split_person_name(full: str, prefix: str | None, given_names: tuple[str, ...], family: str) -> None:
@@ -181,11 +193,10 @@ def test_split_person_name(full: str, prefix: str | None, given_names: tuple[str
     assert (name.prefix, name.given, name.family) == (prefix, given_names, family)
 
 
-@pytest.mark.parametrize("full", ["", "   ", "Smith", "Dr Smith", "Mrs"])
+@pytest.mark.parametrize("full", ["", "   ", "Smith", "Dr Smith", "Mrs", "dr. Smith"])
 def test_split_person_name_needs_given_and_family(full: str) -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match=r"^a person name needs at least one given name and a family name$"):
         split_person_name(full)
-    assert "Smith" not in str(caught.value)
 
 
 # --- the built query ---------------------------------------------------------------------------
@@ -197,6 +208,70 @@ def test_query_is_utf8_with_declaration_and_hl7_root() -> None:
     root = parse_xml(data)
     assert root.tag == f"{{{HL7_NS}}}QUPC_IN000006GB01"
     assert root.nsmap == {None: HL7_NS, "npfitlc": NPFIT_NS}
+
+
+M_ID = "6C7F3F5B-0E0A-4D9B-9C7A-2B8F1D3E4A51"
+Q_ID = "0B1E2D3C-4A5B-4C6D-8E7F-9A0B1C2D3E4F"
+
+
+def _expected_query(*, message_id: str, query_id: str, nhs_number: str, stamp: str, name: str) -> bytes:
+    """The whole query, byte for byte (messages §3.5 skeleton with our values)."""
+    asid = '<id root="1.2.826.0.1285.0.2.0.107" extension="{}"/>'
+    device = '<device classCode="DEV" determinerCode="INSTANCE">' + asid + "</device>"
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<QUPC_IN000006GB01 xmlns="urn:hl7-org:v3" xmlns:npfitlc="NPFIT:HL7:Localisation">'
+        f'<id root="{message_id}"/><creationTime value="{stamp}"/><versionCode code="v3INF_DMSv5.7:FIN"/>'
+        '<interactionId root="2.16.840.1.113883.2.1.3.2.4.12" extension="QUPC_IN000006GB01"/>'
+        '<processingCode code="P"/><processingModeCode code="T"/><acceptAckCode code="NE"/>'
+        f'<communicationFunctionRcv typeCode="RCV">{device.format(SPINE_ASID)}</communicationFunctionRcv>'
+        f'<communicationFunctionSnd typeCode="SND">{device.format(OUR_ASID)}</communicationFunctionSnd>'
+        '<ControlActEvent classCode="CACT" moodCode="EVN"><author1 typeCode="AUT">'
+        '<AgentSystemSDS classCode="AGNT"><agentSystemSDS classCode="DEV" determinerCode="INSTANCE">'
+        f"{asid.format(OUR_ASID)}</agentSystemSDS></AgentSystemSDS></author1>"
+        '<subject typeCode="SUBJ"><CP-ISQueryStub><cP-ISNHSQuery>'
+        f'<effectiveTime value="{stamp}"/><id root="{query_id}"/>'
+        '<author><npfitlc:contentId root="2.16.840.1.113883.2.1.3.2.4.18.16" extension="COCT_TP145104GB01#System"/>'
+        f"<COCT_TP145104GB01.System>{asid.format(OUR_ASID)}<indirectAuthority><superiorAssignedEntity>"
+        '<code code="R0260" codeSystem="2.16.840.1.113883.2.1.3.2.4.17.196"'
+        ' displayName="General Medical Practitioner"/>'
+        f"<assignedPerson><name>{name}</name></assignedPerson></superiorAssignedEntity></indirectAuthority>"
+        '<maintainingOrganization><id root="2.16.840.1.113883.2.1.3.2.4.19.1" extension="SIM01"/>'
+        "<name>Simulated Test Trust</name></maintainingOrganization></COCT_TP145104GB01.System></author>"
+        f'<queryByParameter><person.NHSnumber><value extension="{nhs_number}"/></person.NHSnumber>'
+        '<accessEventType><value value="false"/></accessEventType></queryByParameter>'
+        "</cP-ISNHSQuery></CP-ISQueryStub></subject></ControlActEvent></QUPC_IN000006GB01>"
+    ).encode()
+
+
+def test_the_whole_query_byte_for_byte() -> None:
+    assert make_query(message_id=M_ID, query_id=Q_ID) == _expected_query(
+        message_id=M_ID,
+        query_id=Q_ID,
+        nhs_number=NHS_NUMBER,
+        stamp="20240701103015",
+        name="<prefix>Dr</prefix><given>Jane</given><given>Q</given><family>Smith</family>",
+    )
+
+
+def test_a_template_renders_each_attempt_afresh_and_a_name_without_title_has_no_prefix() -> None:
+    template = QueryTemplate(
+        sender=replace(SENDER, responsible_person_name="Jane Smith"), spine_asid=SPINE_ASID
+    )
+    winter = datetime(2024, 12, 31, 23, 59, 58, tzinfo=UTC)
+    for message_id, query_id, nhs_number, now, stamp in [
+        (M_ID, Q_ID, NHS_NUMBER, NOW, "20240701103015"),
+        (Q_ID, M_ID, "9990000026", winter, "20241231235958"),
+    ]:
+        assert template.render(
+            nhs_number=nhs_number, message_id=message_id, query_id=query_id, now=now
+        ) == _expected_query(
+            message_id=message_id,
+            query_id=query_id,
+            nhs_number=nhs_number,
+            stamp=stamp,
+            name="<given>Jane</given><family>Smith</family>",
+        )
 
 
 def test_scheduled_care_flag_is_last_child_of_query_by_parameter_and_false() -> None:
@@ -308,6 +383,22 @@ def test_payload_carries_no_prohibited_fixed_values() -> None:
     assert root.xpath("//h:cP-ISNHSQuery/h:code", namespaces=NS) == []
 
 
+def test_text_beyond_ascii_is_sent_as_utf8_not_as_character_references() -> None:
+    data = make_query(sender=replace(SENDER, organisation_name="Zoë's Trust ✓"))
+    assert "<name>Zoë's Trust ✓</name>".encode() in data
+
+
+def test_a_template_slot_is_marked_by_its_content_id() -> None:
+    parent = etree.Element(f"{{{HL7_NS}}}author")
+    slot = template_slot(parent, "COCT_TP145104GB01.Device.System")
+    marker, element = parent
+    assert (marker.tag, dict(marker.attrib)) == (
+        f"{{{NPFIT_NS}}}contentId",
+        {"root": "2.16.840.1.113883.2.1.3.2.4.18.16", "extension": "COCT_TP145104GB01.Device#System"},
+    )
+    assert element is slot and slot.tag == f"{{{HL7_NS}}}COCT_TP145104GB01.Device.System"
+
+
 def test_markup_in_values_is_escaped_not_interpreted() -> None:
     sender = replace(SENDER, organisation_name='St Mary\'s & "Co" <Trust> ✓')
     root = parse_xml(make_query(sender=sender))
@@ -316,32 +407,37 @@ def test_markup_in_values_is_escaped_not_interpreted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "field"),
+    ("overrides", "message"),
     [
-        ({"nhs_number": "999000001"}, "nhs_number"),
-        ({"nhs_number": "99900000180"}, "nhs_number"),
-        ({"nhs_number": "999 000 0018"}, "nhs_number"),
-        ({"message_id": new_id().lower()}, "message_id"),
-        ({"query_id": "not-a-uuid"}, "query_id"),
-        ({"spine_asid": "12345"}, "spine_asid"),
-        ({"sender": replace(SENDER, asid="SIM1")}, "sender.asid"),
-        ({"sender": replace(SENDER, ods_code=" ")}, "sender.ods_code"),
-        ({"sender": replace(SENDER, organisation_name="")}, "sender.organisation_name"),
-        ({"sender": replace(SENDER, role_name="")}, "sender.role_name"),
-        ({"sender": replace(SENDER, responsible_person_name="Smith")}, "person name"),
-        ({"version_code": ""}, "version_code"),
+        ({"nhs_number": "999000001"}, "nhs_number must be 10 digits"),
+        ({"nhs_number": "99900000180"}, "nhs_number must be 10 digits"),
+        ({"nhs_number": "999 000 0018"}, "nhs_number must be 10 digits"),
+        ({"nhs_number": "٩٩٩٠٠٠٠٠١٨"}, "nhs_number must be 10 digits"),  # Arabic-Indic digits
+        ({"message_id": new_id().lower()}, "message_id must be an uppercase UUID"),
+        ({"query_id": "not-a-uuid"}, "query_id must be an uppercase UUID"),
+        ({"query_id": new_id() + "0"}, "query_id must be an uppercase UUID"),
+        ({"spine_asid": "12345"}, "spine_asid must be 12 digits"),
+        ({"spine_asid": "9990000000011"}, "spine_asid must be 12 digits"),
+        ({"sender": replace(SENDER, asid="SIM1")}, "sender.asid must be 12 digits"),
+        ({"sender": replace(SENDER, ods_code=" ")}, "sender.ods_code must not be empty"),
+        ({"sender": replace(SENDER, organisation_name="")}, "sender.organisation_name must not be empty"),
+        ({"sender": replace(SENDER, role_code="\t")}, "sender.role_code must not be empty"),
+        ({"sender": replace(SENDER, role_name="")}, "sender.role_name must not be empty"),
+        ({"sender": replace(SENDER, role_code_system=" ")}, "sender.role_code_system must not be empty"),
+        (
+            {"sender": replace(SENDER, responsible_person_name="Smith")},
+            "a person name needs at least one given name and a family name",
+        ),
+        ({"version_code": ""}, "version_code must not be empty"),
     ],
 )
-def test_bad_inputs_are_refused_without_echoing_them(overrides: dict[str, object], field: str) -> None:
-    with pytest.raises(ValueError) as caught:
+def test_bad_inputs_are_refused_without_echoing_them(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         make_query(**overrides)
-    message = str(caught.value)
-    assert field in message
-    assert "999" not in message
 
 
 def test_naive_now_is_refused() -> None:
-    with pytest.raises(ValueError, match="timezone-aware"):
+    with pytest.raises(ValueError, match=r"^HL7 timestamps are built from timezone-aware datetimes only$"):
         make_query(now=datetime(2024, 7, 1, 9, 30))
 
 
@@ -455,28 +551,51 @@ def _second_query_by_parameter(root: etree._Element) -> None:
     etree.SubElement(extra, f"{{{HL7_NS}}}person.NHSnumber")
 
 
+_NOT_CHILD = "accessEventType is not an HL7 child of queryByParameter"
+_NOT_ONE_FALSE = "accessEventType must hold exactly one value 'false'"
+
+
+def _value_in_another_namespace(root: etree._Element) -> None:
+    one(root, f"{PARAMETERS}/h:accessEventType/h:value").tag = "{urn:example:other}value"
+
+
+def _comment_beside_the_value(root: etree._Element) -> None:
+    one(root, f"{PARAMETERS}/h:accessEventType").append(etree.Comment(" a comment is not a value "))
+
+
+def _remove_query_by_parameter(root: etree._Element) -> None:
+    parameters = one(root, PARAMETERS)
+    parameters.getparent().remove(parameters)
+
+
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "reason"),
     [
-        _remove_flag,
-        _duplicate_flag,
-        _duplicate_value,
-        _set_value("true"),
-        _set_value("False"),
-        _set_value(" false"),
-        _set_value(""),
-        _drop_value_attribute,
-        _move_flag_out,
-        _foreign_namespace,
-        _stray_copy_elsewhere,
-        _second_query_by_parameter,
+        (_remove_flag, "0 accessEventType elements, expected 1"),
+        (_duplicate_flag, "2 accessEventType elements, expected 1"),
+        (_duplicate_value, _NOT_ONE_FALSE),
+        (_set_value("true"), _NOT_ONE_FALSE),
+        (_set_value("False"), _NOT_ONE_FALSE),
+        (_set_value(" false"), _NOT_ONE_FALSE),
+        (_set_value(""), _NOT_ONE_FALSE),
+        (_drop_value_attribute, _NOT_ONE_FALSE),
+        (_value_in_another_namespace, _NOT_ONE_FALSE),
+        (_move_flag_out, _NOT_CHILD),
+        (_foreign_namespace, _NOT_CHILD),
+        (_stray_copy_elsewhere, "2 accessEventType elements, expected 1"),
+        (_second_query_by_parameter, "2 queryByParameter elements, expected 1"),
+        (_remove_query_by_parameter, "0 queryByParameter elements, expected 1"),
     ],
-    ids=lambda mutate: getattr(mutate, "__name__", "set_value"),
+    ids=lambda p: getattr(p, "__name__", "set_value") if callable(p) else "",
 )
-def test_guard_rejects_unsafe_queries(mutate: object) -> None:
-    with pytest.raises(UnsafeQueryError) as caught:
+def test_guard_rejects_unsafe_queries(mutate: object, reason: str) -> None:
+    with pytest.raises(UnsafeQueryError, match=f"^refusing to send: {re.escape(reason)}$") as caught:
         assert_scheduled_care(_mutated(mutate))
     assert NHS_NUMBER not in str(caught.value)
+
+
+def test_guard_ignores_comments_beside_the_value() -> None:
+    assert_scheduled_care(_mutated(_comment_beside_the_value))
 
 
 @pytest.mark.parametrize(
@@ -490,7 +609,7 @@ def test_guard_rejects_unsafe_queries(mutate: object) -> None:
     ],
 )
 def test_guard_rejects_non_xml_and_doctype(data: bytes) -> None:
-    with pytest.raises(UnsafeQueryError):
+    with pytest.raises(UnsafeQueryError, match=r"^refusing to send: the HL7 query is not well-formed XML$"):
         assert_scheduled_care(data)
 
 

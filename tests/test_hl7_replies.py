@@ -20,11 +20,13 @@ from batch.hl7 import (
     OID_NHS_NUMBER,
     OID_OTHER_CHILD_ID,
     AppAcknowledgement,
+    Issue,
     Plan,
     QueryFailed,
     QueryResponse,
     ReplyParseError,
     parse_reply,
+    xmlnav,
 )
 from batch.ids import new_id
 from batch.xmlsafe import parse_xml
@@ -346,6 +348,40 @@ def test_repc_access_history_round_trip() -> None:
     )
 
 
+def test_repc_names_the_query_it_answers_when_it_says() -> None:
+    def with_ref(root: etree._Element) -> None:
+        ack = etree.SubElement(root, hl7("acknowledgement"), typeCode="AA")
+        etree.SubElement(etree.SubElement(ack, hl7("messageRef")), hl7("id"), root=MESSAGE_REF)
+
+    parsed = response(edited(repc(), with_ref))
+    assert (parsed.message_ref, parsed.warnings) == (MESSAGE_REF, ())
+    # The simulator's REPC leaves it out, as a REPC may: correlation has RefToMessageId. No warning.
+    assert (response(repc()).message_ref, response(repc()).warnings) == (None, ())
+
+
+def test_a_reply_in_a_foreign_namespace_is_read_with_a_warning() -> None:
+    def foreign(root: etree._Element) -> None:
+        for element in root.iter():
+            if isinstance(element.tag, str) and element.tag.startswith(f"{{{HL7_NS}}}"):
+                element.tag = "{urn:example:other}" + element.tag.split("}", 1)[1]
+
+    parsed = response(edited(repc(), foreign))
+    assert parsed.warnings == ("foreign_namespace",)
+    assert parsed.records == response(repc()).records
+
+
+def test_a_misplaced_payload_is_still_read() -> None:
+    def misplace(root: etree._Element) -> None:
+        payload = one(root, REPC_PAYLOAD)
+        payload.getparent().remove(payload)
+        root.append(payload)
+
+    parsed = response(edited(repc(), misplace))
+    assert parsed.warnings == ("payload_misplaced",)
+    assert parsed.records == response(repc()).records
+    assert parsed.access == response(repc()).access
+
+
 def test_repc_message_id_is_the_reply_id() -> None:
     data = repc()
     assert response(data).message_id == one(tree(data), "h:id").get("root")
@@ -378,6 +414,79 @@ def test_mcci_round_trip(ack_type: str, qualifier: str) -> None:
     ]
     assert [(i.code, i.qualifier) for i in parsed.issues] == [("5000", qualifier)]
     assert parsed.warnings == ()
+
+
+_R = "A1B2C3D4-E5F6-4A7B-8C9D-0E1F2A3B4C5D"
+_M = "6C7F3F5B-0E0A-4D9B-9C7A-2B8F1D3E4A51"
+
+
+def test_an_mcci_is_read_into_the_whole_record() -> None:
+    data = (
+        f'<MCCI_IN010000UK13 xmlns="urn:hl7-org:v3"><id root="{_R}"/>'
+        '<interactionId root="2.16.840.1.113883.2.1.3.2.4.12" extension="MCCI_IN010000UK13"/>'
+        '<acknowledgement typeCode=" AE ">'
+        '<acknowledgementDetail typeCode="ER"><code code="5000" codeSystem="2.16.840.1.113883.2.1.3.2.4.17.42"'
+        ' displayName="Unable to process"/><code code="5001"/></acknowledgementDetail>'
+        '<acknowledgementDetail typeCode="WG"><code code="6000" codeSystem="cs" displayName="Careful"/>'
+        "</acknowledgementDetail>"
+        f'<messageRef><id root="{_M}"/></messageRef></acknowledgement>'
+        "<ControlActEvent><reason><justifyingDetectedIssueEvent>"
+        '<code code="7000" codeSystem="cs2" displayName="Issue"><qualifier code="IF"/></code>'
+        "</justifyingDetectedIssueEvent></reason></ControlActEvent></MCCI_IN010000UK13>"
+    ).encode()
+    assert parse_reply(data) == AppAcknowledgement(
+        message_id=_R,
+        message_ref=_M,
+        ack_type="AE",
+        details=(
+            Issue("5000", "2.16.840.1.113883.2.1.3.2.4.17.42", "Unable to process", "ER"),
+            Issue("5001", None, None, "ER"),
+            Issue("6000", "cs", "Careful", "WG"),
+        ),
+        issues=(Issue("7000", "cs2", "Issue", "IF"),),
+        warnings=(),
+    )
+
+
+def test_an_mcci_without_ids_says_so() -> None:
+    data = b'<MCCI_IN010000UK13 xmlns="urn:hl7-org:v3"><acknowledgement typeCode="AA"/></MCCI_IN010000UK13>'
+    assert parse_reply(data) == AppAcknowledgement(
+        message_id=None,
+        message_ref=None,
+        ack_type="AA",
+        details=(),
+        issues=(),
+        warnings=("message_id_missing", "message_ref_missing"),
+    )
+
+
+def test_a_quqi_is_read_into_the_whole_record() -> None:
+    data = (
+        f'<QUQI_IN010000UK14 xmlns="urn:hl7-org:v3"><id root="{_R}"/>'
+        f'<acknowledgement typeCode="AE"><messageRef><id root="{_M}"/></messageRef></acknowledgement>'
+        '<ControlActEvent><reason><justifyingDetectedIssueEvent><code code="SIMQE01" codeSystem="cs"'
+        ' displayName="Broken"><qualifier code="ER"/></code></justifyingDetectedIssueEvent></reason>'
+        '<queryAck><queryResponseCode code="AE"/></queryAck></ControlActEvent></QUQI_IN010000UK14>'
+    ).encode()
+    assert parse_reply(data) == QueryFailed(
+        message_id=_R,
+        message_ref=_M,
+        ack_type="AE",
+        response_code="AE",
+        issues=(Issue("SIMQE01", "cs", "Broken", "ER"),),
+        not_found=False,
+        warnings=(),
+    )
+    bare = b"<QUQI_IN010000UK14/>"
+    assert parse_reply(bare) == QueryFailed(
+        message_id=None,
+        message_ref=None,
+        ack_type=None,
+        response_code=None,
+        issues=(),
+        not_found=False,
+        warnings=("no_hl7_namespace", "message_id_missing", "message_ref_missing"),
+    )
 
 
 # --- tolerant parsing: one test per row of messages §7 -----------------------------------------
@@ -703,6 +812,39 @@ def test_phones() -> None:
     assert authority.other_phones == ("0800222", "+44800333")
 
 
+@pytest.mark.parametrize(
+    ("telecoms", "office", "emergency", "others"),
+    [
+        # A number of another use, listed first, must not become the emergency number.
+        ([("H", "tel:01"), ("EC", "tel:02"), ("WP", "tel:03")], "03", "02", ("01",)),
+        ([(None, "tel:01"), ("WP", "tel:02"), ("EC", "tel:03")], "02", "03", ("01",)),
+        ([("EC", "tel:01"), ("EC", "tel:02"), ("WP", "tel:03")], "03", "01", ("02",)),
+        ([("wp ec", "tel:01"), ("ec", "tel:02")], "01", "02", ()),  # uses are a list, in any case
+        ([("EC", " tel: 01 "), ("WP", "TEL:")], None, "01", ()),
+        ([("MC", "tel:01")], None, None, ("01",)),
+        ([], None, None, ()),
+    ],
+)
+def test_each_phone_goes_to_its_use(
+    telecoms: list[tuple[str | None, str]], office: str | None, emergency: str | None, others: tuple[str, ...]
+) -> None:
+    def phones(root: etree._Element) -> None:
+        organisation = one(root, f"{RECORD}/h:communicationFunctionSnd/h:organisation")
+        for telecom in find(organisation, "h:telecom"):
+            organisation.remove(telecom)
+        for use, value in telecoms:
+            telecom = etree.SubElement(organisation, hl7("telecom"), value=value)
+            if use is not None:
+                telecom.set("use", use)
+
+    authority = response(edited(repc(), phones)).records[0].local_authority
+    assert (authority.office_phone, authority.emergency_phone, authority.other_phones) == (
+        office,
+        emergency,
+        others,
+    )
+
+
 def test_second_office_phone_goes_to_other_phones() -> None:
     def double(root: etree._Element) -> None:
         organisation = one(root, f"{RECORD}/h:communicationFunctionSnd/h:organisation")
@@ -780,7 +922,7 @@ def test_plan_active_on() -> None:
     ids=["empty", "text", "unclosed", "doctype-entity", "doctype-external"],
 )
 def test_non_xml_and_doctype_are_refused(data: bytes) -> None:
-    with pytest.raises(ReplyParseError):
+    with pytest.raises(ReplyParseError, match=r"^(not well-formed XML: .+|XML with a DOCTYPE is refused)$"):
         parse_reply(data)
 
 
@@ -793,7 +935,8 @@ def test_non_xml_and_doctype_are_refused(data: bytes) -> None:
     ],
 )
 def test_unknown_or_missing_interaction_is_refused(data: bytes) -> None:
-    with pytest.raises(ReplyParseError):
+    message = r"^no REPC_IN000007GB01, QUQI_IN010000UK14 or MCCI_IN010000UK13 element$"
+    with pytest.raises(ReplyParseError, match=message):
         parse_reply(data)
 
 
@@ -849,3 +992,128 @@ def test_arbitrary_bytes_raise_only_reply_parse_error(data: bytes) -> None:
         parse_reply(data)
     except ReplyParseError:
         pass
+
+
+# --- the navigation helpers the readers are built on (batch.hl7.xmlnav) ---------------------------------
+
+
+def _xml(text: str) -> etree._Element:
+    return etree.fromstring(text)
+
+
+@pytest.mark.parametrize(
+    ("xml", "expected"),
+    [
+        ("<name>  Jane \n Smith </name>", "Jane Smith"),
+        # Own text wins; text of child elements is left out...
+        ("<name>Jane <b>x</b> Q <c>y</c> Smith</name>", "Jane Q Smith"),
+        # ...unless the element has none of its own: a name given in parts.
+        ("<name><given>Jane  Ann</given> <family>Smith</family></name>", "Jane Ann Smith"),
+        ("<name> <given> </given> </name>", None),
+        ("<name/>", None),
+    ],
+)
+def test_text_collapses_blanks_and_prefers_the_elements_own_text(xml: str, expected: str | None) -> None:
+    assert xmlnav.text(_xml(xml)) == expected
+
+
+def test_text_and_attributes_of_nothing_are_none() -> None:
+    assert xmlnav.text(None) is None
+    assert xmlnav.attr(None, "value") is None
+    assert xmlnav.attr(_xml('<a value="  "/>'), "value") is None
+    assert xmlnav.attr(_xml('<a value=" x y "/>'), "value") == "x y"
+    assert (
+        xmlnav.first_attr([_xml("<a/>"), _xml('<a v=" "/>'), _xml('<a v="2"/>'), _xml('<a v="3"/>')], "v")
+        == "2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("xml", "null"),
+    [
+        ('<v nullFlavor="NA"/>', True),
+        ('<v nullFlavor=" "/>', False),
+        (f'<v xmlns:xsi="{XSI}" xsi:nil="true"/>', True),
+        (f'<v xmlns:xsi="{XSI}" xsi:nil=" 1 "/>', True),
+        (f'<v xmlns:xsi="{XSI}" xsi:nil="false"/>', False),
+        ('<v nil="true"/>', False),  # only the XML Schema instance attribute counts
+        ("<v/>", False),
+    ],
+)
+def test_is_null(xml: str, null: bool) -> None:
+    assert xmlnav.is_null(_xml(xml)) is null
+
+
+def test_nothing_is_not_null() -> None:
+    assert xmlnav.is_null(None) is False
+
+
+def test_local_names_and_namespaces() -> None:
+    root = _xml('<h:a xmlns:h="urn:hl7-org:v3"><b/><!-- c --><?pi x?></h:a>')
+    element, comment, instruction = root
+    assert (xmlnav.local_name(root), xmlnav.namespace(root)) == ("a", HL7_NS)
+    assert (xmlnav.local_name(element), xmlnav.namespace(element)) == ("b", None)
+    assert (xmlnav.local_name(comment), xmlnav.namespace(comment)) == ("", None)
+    assert (xmlnav.local_name(instruction), xmlnav.namespace(instruction)) == ("", None)
+    assert list(xmlnav.elements(root)) == [element]
+
+
+def test_paths_take_every_match_in_any_namespace() -> None:
+    root = _xml(
+        '<r xmlns:o="urn:other"><a><b n="1"/><b n="2"/></a><o:a><b n="3"/></o:a><c><b n="4"/></c></r>'
+    )
+    assert [b.get("n") for b in xmlnav.every(root, "a", "b")] == ["1", "2", "3"]
+    assert xmlnav.every(None, "a") == []
+    assert xmlnav.every(root) == [root]
+    assert xmlnav.first(root, "a", "b").get("n") == "1"  # type: ignore[union-attr]
+    assert xmlnav.first(root, "x") is None
+    assert xmlnav.first(None) is None
+    assert [b.get("n") for b in xmlnav.descendants(root, "b")] == ["1", "2", "3", "4"]
+    assert [a.tag for a in xmlnav.children(root, "a")] == ["a", "{urn:other}a"]
+
+
+# --- payload details ----------------------------------------------------------------------------------
+
+
+def test_a_plan_without_dates_names_each_missing_one() -> None:
+    def undated(root: etree._Element) -> None:
+        for value in find(root, "//h:cPPStartDate/h:value"):
+            del value.attrib["value"]
+
+    parsed = response(edited(repc(), undated))
+    assert parsed.records[0].plans[0] == Plan("CPP", None, None)
+    assert parsed.warnings == ("plan_start_missing",)
+
+
+def test_a_record_without_a_subject_is_a_child_with_no_ids() -> None:
+    def no_subject(root: etree._Element) -> None:
+        subject = one(root, f"{RECORD}/h:CP-ISRecord/h:subject")
+        subject.getparent().remove(subject)
+
+    (record,) = response(edited(repc(), no_subject)).records
+    assert (record.subject_kind, record.subject_ids) == ("child", ())
+    assert response(edited(repc(), no_subject)).warnings == ("subject_missing",)
+
+
+def test_a_null_access_entry_without_content_is_skipped() -> None:
+    def null_entry(root: etree._Element) -> None:
+        container = find(root, f"{REPC_PAYLOAD}/h:pertinentInformation13")[0]
+        for child in list(container):
+            container.remove(child)
+        etree.SubElement(container, hl7("pertinentCP-ISNHSQuery"), nullFlavor="NA")
+
+    parsed = response(edited(repc(), null_entry))
+    assert [entry.query_id for entry in parsed.access] == [QUERY_IDS[1]]
+
+
+def test_an_access_organisation_is_read_from_its_name_only() -> None:
+    def address_only(root: etree._Element) -> None:
+        author = find(root, "//h:pertinentCP-ISNHSQuery/h:author")[0]
+        for child in list(author):
+            author.remove(child)
+        system = etree.SubElement(author, hl7("COCT_TP145104GB01.System"))
+        organisation = etree.SubElement(system, hl7("maintainingOrganization"))
+        etree.SubElement(organisation, hl7("addr")).text = "1 High Street"
+
+    entry = response(edited(repc(), address_only)).access[0]
+    assert (entry.organisation, entry.role, entry.person) == (None, None, None)

@@ -28,6 +28,7 @@ BOUNDARY = "--=_MIME-Boundary"
 RELATED = ContentType("multipart/related", {"boundary": BOUNDARY})
 SOAP = b'<?xml version="1.0" encoding="UTF-8"?><soap:Envelope/>'
 HL7 = '<x xmlns="urn:hl7-org:v3"><name>Zoë</name></x>'.encode()
+NO_PARTS = "multipart body without parts or without its closing delimiter"
 
 
 def _part(content_id: str, content: bytes, *, encoding: str = "8bit", nl: bytes = b"\r\n") -> bytes:
@@ -84,7 +85,7 @@ def test_content_containing_the_delimiter_is_refused() -> None:
     content = b"<a>\r\n----=_MIME-Boundary--\r\n</a>"
     assert contains_delimiter(content, BOUNDARY)
     assert not contains_delimiter(b"<a>--=_MIME-Boundar</a>", BOUNDARY)
-    with pytest.raises(ValueError, match="boundary"):
+    with pytest.raises(ValueError, match=r"^a MIME part contains the boundary delimiter$"):
         build_related([("a@x", content)], BOUNDARY)
 
 
@@ -93,21 +94,24 @@ def test_content_containing_the_delimiter_is_refused() -> None:
     ["", "a@x>\r\nX-Injected: 1", "<a@x>", "a b@x", "zoë@x"],
 )
 def test_unsafe_content_ids_are_refused(content_id: str) -> None:
-    with pytest.raises(ValueError, match="Content-Id"):
+    with pytest.raises(
+        ValueError, match=r"^a Content-Id must be printable ASCII without spaces or angle brackets$"
+    ):
         build_related([(content_id, b"<a/>")], BOUNDARY)
 
 
 @pytest.mark.parametrize("boundary", ["", "x" * 71, "ends-in-space ", "line\r\nbreak", "naïve"])
 def test_invalid_boundaries_are_refused(boundary: str) -> None:
-    with pytest.raises(ValueError, match="boundary"):
+    with pytest.raises(ValueError, match=r"^the MIME boundary is not a valid RFC 2046 boundary$"):
         build_related([("a@x", b"<a/>")], boundary)
 
 
 def test_a_body_needs_parts_and_a_one_line_part_type() -> None:
-    with pytest.raises(ValueError, match="at least one part"):
+    with pytest.raises(ValueError, match=r"^a multipart body needs at least one part$"):
         build_related([], BOUNDARY)
-    with pytest.raises(ValueError, match="Content-Type"):
-        build_related([("a@x", b"<a/>")], BOUNDARY, part_type="text/xml\r\nX-Injected: 1")
+    for part_type in ("text/xml\r\nX-Injected: 1", "", "  ", "text/xml; name=zoë", "text/xml\x7f"):
+        with pytest.raises(ValueError, match=r"^the part Content-Type must be one line of printable ASCII$"):
+            build_related([("a@x", b"<a/>")], BOUNDARY, part_type=part_type)
 
 
 # --- Content-Type parameters ------------------------------------------------------------------------------
@@ -155,7 +159,13 @@ def test_lf_line_ends_a_preamble_and_an_epilogue_are_tolerated() -> None:
         + _multipart(_part("a@x", SOAP, nl=b"\n"), _part("b@x", HL7, nl=b"\n"), nl=b"\n")
         + b"epilogue, ignored\n"
     )
-    assert [part.content for part in split_multipart(body, BOUNDARY)] == [SOAP, HL7]
+    parts = split_multipart(body, BOUNDARY)
+    assert [(part.content_id, part.content) for part in parts] == [("a@x", SOAP), ("b@x", HL7)]
+    assert parts[0].headers == {
+        "content-id": "<a@x>",
+        "content-type": "text/xml; charset=UTF-8",
+        "content-transfer-encoding": "8bit",
+    }
 
 
 def test_delimiters_may_carry_trailing_blanks() -> None:
@@ -188,11 +198,25 @@ def test_part_headers_are_lower_cased_and_folded_lines_joined() -> None:
     assert part.content == b"<a/>"
 
 
-def test_a_part_without_headers_is_read() -> None:
-    (part,) = split_multipart(b"----=_MIME-Boundary\r\n\r\n<a/>\r\n----=_MIME-Boundary--\r\n", BOUNDARY)
-    assert part.headers == {}
+@pytest.mark.parametrize("nl", [b"\r\n", b"\n"])
+def test_a_part_without_headers_is_read(nl: bytes) -> None:
+    body = b"----=_MIME-Boundary" + nl + nl + b"<a/>" + nl + b"----=_MIME-Boundary--" + nl
+    (part,) = split_multipart(body, BOUNDARY)
+    assert part == MimePart({}, b"<a/>")
     assert part.content_id is None
     assert part.content_type is None
+
+
+def test_a_colon_in_a_header_value_stays_in_the_value() -> None:
+    raw = (
+        b"----=_MIME-Boundary\r\n"
+        b"Content-Id: <urn:uuid:a@x>\r\n"
+        b'Content-Type: text/xml; start="a:b"\r\n'
+        b"\r\n<a/>\r\n"
+        b"----=_MIME-Boundary--\r\n"
+    )
+    (part,) = split_multipart(raw, BOUNDARY)
+    assert part.headers == {"content-id": "<urn:uuid:a@x>", "content-type": 'text/xml; start="a:b"'}
 
 
 def test_base64_content_is_decoded() -> None:
@@ -215,28 +239,45 @@ def test_identity_encodings_leave_content_alone(encoding: str) -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        pytest.param(_part("a@x", SOAP), "closing delimiter", id="no-closing-delimiter"),
-        pytest.param(b"----=_MIME-Boundary--\r\n", "without parts", id="no-parts"),
-        pytest.param(b"", "without parts", id="empty"),
-        pytest.param(b"<a/>", "without parts", id="no-delimiters"),
+        pytest.param(_part("a@x", SOAP), NO_PARTS, id="no-closing-delimiter"),
+        pytest.param(_part("a@x", SOAP) + _part("b@x", HL7), NO_PARTS, id="parts-but-no-closing-delimiter"),
+        pytest.param(b"----=_MIME-Boundary--\r\n", NO_PARTS, id="no-parts"),
+        pytest.param(b"", NO_PARTS, id="empty"),
+        pytest.param(b"<a/>", NO_PARTS, id="no-delimiters"),
         pytest.param(
             b"----=_MIME-Boundary\r\nno header separator\r\n----=_MIME-Boundary--\r\n",
-            "blank line",
+            "MIME part without a blank line after its headers",
             id="no-blank-line",
         ),
         pytest.param(
             b"----=_MIME-Boundary\r\nnot a header\r\n\r\n<a/>\r\n----=_MIME-Boundary--\r\n",
-            "header line",
+            "malformed MIME part header line",
             id="malformed-header-line",
         ),
-        pytest.param(_multipart(_part("a@x", b"not base64!", encoding="base64")), "base64", id="bad-base64"),
         pytest.param(
-            _multipart(_part("a@x", SOAP, encoding="x-uuencode")), "Transfer-Encoding", id="uuencode"
+            b"----=_MIME-Boundary\r\n: no name\r\n\r\n<a/>\r\n----=_MIME-Boundary--\r\n",
+            "malformed MIME part header line",
+            id="header-without-name",
+        ),
+        pytest.param(
+            _multipart(_part("a@x", b"not base64!", encoding="base64")),
+            "MIME part with invalid base64 content",
+            id="bad-base64",
+        ),
+        pytest.param(
+            _multipart(_part("a@x", b"PGEv*Pg==", encoding="base64")),
+            "MIME part with invalid base64 content",
+            id="base64-with-a-stray-character",
+        ),
+        pytest.param(
+            _multipart(_part("a@x", SOAP, encoding="x-uuencode")),
+            "MIME part with an unsupported Content-Transfer-Encoding",
+            id="uuencode",
         ),
     ],
 )
 def test_unreadable_multipart_bodies_raise(body: bytes, reason: str) -> None:
-    with pytest.raises(MimeError, match=reason):
+    with pytest.raises(MimeError, match=f"^{re.escape(reason)}$"):
         split_multipart(body, BOUNDARY)
 
 
@@ -278,9 +319,9 @@ def test_up_to_the_part_cap_is_read() -> None:
 
 @pytest.mark.parametrize("count", [MAX_PARTS + 1, 10_000])
 def test_more_parts_than_the_cap_are_refused(count: int) -> None:
-    with pytest.raises(TooManyParts, match=f"more than {MAX_PARTS} parts"):
+    with pytest.raises(TooManyParts, match=f"^multipart body with more than {MAX_PARTS} parts$"):
         split_multipart(_many_parts(count), BOUNDARY)
-    with pytest.raises(MimeError, match=f"more than {MAX_PARTS} parts"):
+    with pytest.raises(MimeError, match=f"^multipart body with more than {MAX_PARTS} parts$"):
         parse_related(RELATED, _many_parts(count))
 
 
@@ -297,7 +338,7 @@ def test_the_cap_can_be_raised_by_the_caller() -> None:
 
 
 def test_a_non_ascii_boundary_cannot_be_read() -> None:
-    with pytest.raises(MimeError, match="ASCII"):
+    with pytest.raises(MimeError, match=r"^MIME boundary is not ASCII$"):
         split_multipart(b"", "naïve")
 
 
@@ -316,17 +357,17 @@ def test_parse_related_returns_the_parts_in_order() -> None:
 @pytest.mark.parametrize(
     ("content_type", "reason"),
     [
-        (ContentType("multipart/mixed", {"boundary": BOUNDARY}), "not multipart/related"),
-        (ContentType("text/xml", {}), "not multipart/related"),
-        (ContentType("", {}), "not multipart/related"),
-        (ContentType("multipart/related", {"type": "text/xml"}), "without a boundary"),
-        (ContentType("multipart/related", {"boundary": ""}), "without a boundary"),
+        (ContentType("multipart/mixed", {"boundary": BOUNDARY}), "Content-Type is not multipart/related"),
+        (ContentType("text/xml", {}), "Content-Type is not multipart/related"),
+        (ContentType("", {}), "Content-Type is not multipart/related"),
+        (ContentType("multipart/related", {"type": "text/xml"}), "multipart/related without a boundary"),
+        (ContentType("multipart/related", {"boundary": ""}), "multipart/related without a boundary"),
     ],
 )
 def test_parse_related_needs_multipart_related_with_a_boundary(
     content_type: ContentType, reason: str
 ) -> None:
-    with pytest.raises(MimeError, match=reason):
+    with pytest.raises(MimeError, match=f"^{re.escape(reason)}$"):
         parse_related(content_type, _multipart(_part("a@x", SOAP)))
 
 
@@ -344,7 +385,7 @@ def test_without_a_matching_start_the_first_part_is_the_root(start: str | None) 
 
 
 def test_root_part_of_nothing_raises() -> None:
-    with pytest.raises(MimeError):
+    with pytest.raises(MimeError, match=r"^multipart body without parts$"):
         root_part([], None)
 
 
@@ -361,7 +402,7 @@ def test_content_ids_compare_without_brackets_blanks_or_case(value: str, expecte
 _CONTENT_TYPES = [
     'multipart/related; boundary="--=_MIME-Boundary"; type="text/xml"; start="<ebXMLHeader@spine.nhs.uk>"',
     "multipart/related;boundary=abc;type=text/xml",
-    "Multipart/Related; Boundary=\"a b\"",
+    'Multipart/Related; Boundary="a b"',
     "text/xml; charset=UTF-8",
     "text/xml",
     "  application/xml ;charset=utf-8 ; ",

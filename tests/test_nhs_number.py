@@ -16,6 +16,8 @@ from batch.nhs_number import (
     PROFILES,
     REASONS,
     NhsNumberResult,
+    _char_class,
+    _check_value,
     is_valid_modulus11,
     nhs_number_expr,
     validate,
@@ -151,10 +153,24 @@ def test_same_digit_numbers_pass_modulus_11() -> None:
 
 
 def test_unknown_profile_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown profile"):
+    message = r"^unknown profile 'production'; expected one of simulated, test, live$"
+    with pytest.raises(ValueError, match=message):
         validate("9991234012", "production")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown profile"):
+    with pytest.raises(ValueError, match=message):
         nhs_number_expr("v", "production")  # type: ignore[arg-type]
+
+
+def test_char_class_escapes_every_character() -> None:
+    # Python re and polars' Rust engine read \uXXXX alike, so both see the same set.
+    assert _char_class("\t -\u2010\ufeff") == "[\\u0009\\u0020\\u002d\\u2010\\ufeff]"
+
+
+def test_check_value_takes_a_stem_of_exactly_nine_digits() -> None:
+    assert _check_value("943476591") == 9  # the spec's worked example, 943 476 5919
+    assert _check_value("400000000") == 4
+    for stem in ("94347659", "9434765919"):
+        with pytest.raises(ValueError, match=r"^zip\(\) argument 2 is (longer|shorter) than argument 1$"):
+            _check_value(stem)
 
 
 @pytest.mark.parametrize(

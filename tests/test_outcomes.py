@@ -2,6 +2,8 @@
 
 from datetime import datetime
 
+import pytest
+
 from batch.hl7 import (
     AccessEntry,
     AppAcknowledgement,
@@ -82,6 +84,56 @@ def test_plans_become_flagged_rows_with_local_authority_and_access() -> None:
                 warnings=("foreign_namespace",),
             ),
         ),
+        Disposition.RESOLVED,
+    )
+
+
+@pytest.mark.parametrize(
+    ("moment", "shown"),
+    [
+        (datetime(2024, 1, 15), "2024-01-15"),  # midnight: a date
+        (datetime(2024, 1, 15, 9, 0), "2024-01-15T09:00"),
+        (datetime(2024, 1, 15, 0, 30), "2024-01-15T00:30"),
+        (datetime(2024, 1, 15, 0, 0, 30), "2024-01-15T00:00"),  # seconds dropped, but not a date
+        (datetime(2024, 1, 15, 9, 0, 30), "2024-01-15T09:00"),
+    ],
+)
+def test_times_are_dates_at_midnight_else_to_the_minute(moment: datetime, shown: str) -> None:
+    reply = _response(_record("child", (NHS,), Plan("CPP", moment, moment)))
+    verdict = judge(reply, queried_nhs_number=NHS)
+    assert verdict == Verdict(
+        Resolution(Outcome.FLAGGED, None, FlagResult((_row("CPP", shown, shown),), 0, 1, None, None, ())),
+        Disposition.RESOLVED,
+    )
+
+
+def test_the_last_access_is_the_latest_wherever_it_is_listed() -> None:
+    access = (
+        AccessEntry(datetime(2026, 10, 1, 9, 0), None, "Old Trust", "Nurse", None),
+        AccessEntry(None, None, "Undated Trust", "Clerk", None),
+        AccessEntry(datetime(2026, 11, 2, 14, 5), None, "New Trust", "Doctor", None),
+        AccessEntry(datetime(2026, 10, 15, 0, 0), None, "Middle Trust", "Doctor", None),
+    )
+    verdict = judge(
+        _response(_record("child", (NHS,), Plan("CPP", None, None)), access=access), queried_nhs_number=NHS
+    )
+    assert verdict == Verdict(
+        Resolution(
+            Outcome.FLAGGED,
+            None,
+            FlagResult((_row("CPP", None, None),), 4, 1, "2026-11-02T14:05", "New Trust", ()),
+        ),
+        Disposition.RESOLVED,
+    )
+
+
+def test_undated_access_only_counts() -> None:
+    access = (AccessEntry(None, None, "Undated Trust", "Clerk", None),)
+    verdict = judge(
+        _response(_record("child", (), Plan("CPP", None, None)), access=access), queried_nhs_number=NHS
+    )
+    assert verdict == Verdict(
+        Resolution(Outcome.FLAGGED, None, FlagResult((_row("CPP", None, None),), 1, 1, None, None, ())),
         Disposition.RESOLVED,
     )
 

@@ -213,3 +213,99 @@ async def test_a_delay_the_neighbours_share_counts_in_full() -> None:
     still_out = [answered(None), answered(None), answered(0.350), answered(0.010)]
     assert limiter.guard(held, still_out) == pytest.approx(0.5)  # unanswered neighbours count as stalled
     assert limiter.guard(answered(None), stalled) == pytest.approx(0.34)  # unknown: the neighbours' median
+
+
+# --- the bookkeeping behind the guard, the lead and the pacing, checked exactly ---------------------------
+
+
+def _slot_with_round_trip(limiter: SlidingWindowLimiter, round_trip: float) -> RateSlot:
+    """A slot whose round trip is known without recording it (so the limiter's memory stays as it is)."""
+    slot = RateSlot(limiter, 0.0)
+    slot.sent(0.0)
+    slot.round_trip = round_trip
+    return slot
+
+
+def test_the_minimum_leaves_memory_exactly_when_its_round_trip_does() -> None:
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    limiter.observe(0.001)
+    for _ in range(255):
+        limiter.observe(0.020)
+    assert limiter.guard(_slot_with_round_trip(limiter, 0.0011)) == pytest.approx(0.0001)  # 0.001 remembered
+    limiter.observe(0.020)  # the 257th: the fast one falls out now
+    assert limiter.guard(_slot_with_round_trip(limiter, 0.021)) == pytest.approx(0.001)
+
+
+def test_a_minimum_that_is_not_the_oldest_stays_when_the_oldest_leaves() -> None:
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    limiter.observe(0.010)
+    limiter.observe(0.005)
+    for _ in range(255):  # the 0.010 falls out; the 0.005 after it is still remembered
+        limiter.observe(0.020)
+    assert limiter.guard(_slot_with_round_trip(limiter, 0.021)) == pytest.approx(0.016)
+
+
+async def test_a_seeded_history_keeps_the_latest_window_of_sends() -> None:
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)  # capacity 10, 5 ms apart
+    sent = [100.0 + i for i in range(12)]
+    limiter.seed(list(reversed(sent)))
+    assert [(slot.granted, slot.sent_at, slot.round_trip) for slot in limiter._slots] == [
+        (at, at, None) for at in sent[2:]
+    ]
+    assert limiter._next == pytest.approx(111.0 + WINDOW / 10)
+
+
+def test_the_lead_is_a_low_percentile_of_the_last_leads_counted_every_16() -> None:
+    limiter = SlidingWindowLimiter(5, window=1.0)
+    lead = lambda: limiter._lead  # noqa: E731 - the grant-ahead time the limiter uses
+    limiter.lead_observed(0.016)
+    assert lead() == 0.0  # too few to judge
+    for ms in range(15, 0, -1):
+        limiter.lead_observed(ms / 1000)
+    assert lead() == 0.002  # 16 leads, 1..16 ms: index 16 // 10 = 1
+    for ms in range(17, 33):
+        limiter.lead_observed(ms / 1000)
+    assert lead() == 0.004  # 32 leads, 1..32 ms: index 3
+    for _ in range(16):
+        limiter.lead_observed(0.9)
+    assert lead() == 0.005  # 48 leads: index 4
+
+
+def test_the_lead_is_at_most_a_quarter_of_the_window() -> None:
+    limiter = SlidingWindowLimiter(5, window=1.0)
+    for _ in range(16):
+        limiter.lead_observed(0.3)
+    assert limiter._lead == 0.25
+    for _ in range(16):
+        limiter.lead_observed(0.2)
+    assert limiter._lead == 0.2
+
+
+async def test_the_guard_of_each_grant_is_judged_with_the_slots_sent_just_after_it() -> None:
+    limiter = SlidingWindowLimiter(60, window=WINDOW)  # capacity 3
+    for _ in range(32):
+        limiter.observe(0.010)  # a steady path: the cap is the 1 ms floor
+    held, steady_1, steady_2 = [await limiter.acquire() for _ in range(3)]
+    past = anyio.current_time() - 1.0
+    for slot, round_trip in ((held, 0.510), (steady_1, 0.010), (steady_2, 0.010)):
+        slot.sent(past)
+        slot.answered(round_trip)
+    await limiter.acquire()  # after `held`: its neighbours were steady, so its delay was its own: capped
+    assert limiter.guard_total == MIN_CAP
+    # After steady_1: no delay of its own, whatever its neighbours (held, now retired, and the rest) met.
+    fourth = await limiter.acquire()
+    assert limiter.guard_total == MIN_CAP
+    assert limiter.grants == 5
+    assert fourth.not_before == pytest.approx(past + WINDOW)
+
+
+async def test_grants_are_spaced_from_when_they_were_due_not_from_a_late_wake_up() -> None:
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    interval = WINDOW / 10
+    first = await limiter.acquire()
+    second = await limiter.acquire()  # slept until first + interval, and woke a little after
+    assert second.granted >= first.granted + interval
+    assert limiter._next == first.granted + interval + interval
+    await anyio.sleep(3 * interval)  # idle: the next grant is due at once and spacing starts afresh
+    third = await limiter.acquire()
+    assert limiter._next == third.granted + interval

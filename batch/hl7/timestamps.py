@@ -28,12 +28,12 @@ def parse_hl7_ts(value: str | None) -> datetime | None:
     match = _TS.fullmatch(value.strip())
     if match is None:
         return None
-    digits = match.group(1).split(".", 1)[0]
     # Fixed-width slices, not strptime: strptime accepts one-digit fields and could misread a bad value.
-    # A date alone, or a time without seconds, means midnight / the whole minute.
-    padded = digits.ljust(14, "0")
+    # A date alone, or a time without seconds, means midnight / the whole minute; a fraction of a second
+    # (after the 14th character) is not read.
+    padded = match.group(1).ljust(14, "0")
     month, day, hour, minute, second = (int(padded[i : i + 2]) for i in range(4, 14, 2))
     try:
-        return datetime(int(digits[:4]), month, day, hour, minute, second)
+        return datetime(int(padded[:4]), month, day, hour, minute, second)
     except ValueError:
         return None
