@@ -210,7 +210,7 @@ class QueryPipeline:
         if isinstance(result, SendAccepted):
             self.progress.accepted += 1
             self._consecutive_failures = 0
-            await store.record_send_result(ref, AttemptStatus.ACCEPTED, acked_at=utcnow())
+            await store.note_accepted(ref, utcnow())
             failpoint("query_accepted")
             self._await_reply(child, ref)
         elif isinstance(result, SendUnanswered) and result.maybe_delivered:

@@ -194,6 +194,11 @@ class Store:
         except WriteFailed as exc:
             raise StoreError(f"state database write failed: {exc}") from exc.cause
 
+    async def _defer(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+        if self._writer is None:
+            raise StoreError("the state file was opened read-only")
+        await self._writer.defer(fn)
+
     async def _read(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         # Executed and fetched in one call to the reader's thread: a statement left active between two calls
         # would pin its snapshot for every read that overlaps it, hiding writes committed meanwhile.
@@ -416,6 +421,19 @@ class Store:
                 _audit(conn, ref.run_id, "send_failed", ref.message_id, detail)
 
         await self._write(fn)
+
+    async def note_accepted(self, ref: AttemptRef, acked_at: str) -> None:
+        """Spine acknowledged the POST. Not waited for: a crash that loses it leaves the attempt `sending`,
+        which a restart treats the same way (it may be at Spine; its reply timeout runs from `sent_at`)."""
+
+        def fn(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE attempts SET status = CASE WHEN status = ? THEN status ELSE ? END,"
+                " acked_at = ?, detail = NULL WHERE message_id = ?",
+                (AttemptStatus.ANSWERED.value, AttemptStatus.ACCEPTED.value, acked_at, ref.message_id),
+            )
+
+        await self._defer(fn)
 
     async def mark_timed_out(self, message_id: str) -> None:
         def fn(conn: sqlite3.Connection) -> None:
