@@ -5,6 +5,7 @@ multipart/related framing around the envelope is batch.mime's.
 """
 
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -336,27 +337,70 @@ def _signal_header(
     return envelope, soap_header
 
 
+class AckTemplate:
+    """Our eb:Acknowledgment to one party under one CPA, built once; `render` fills one inbound message in.
+
+    Replies are acknowledged one per child, so the envelope is built and checked once and each
+    acknowledgement sets its ids and timestamps on the same lxml tree (about a fifth of the cost of building
+    it). A lock keeps `render` whole when large replies are read in worker threads.
+    """
+
+    def __init__(self, *, our_party_key: str, to_party: str, cpa_id: str) -> None:
+        _require_text(our_party_key, "our_party_key")
+        placeholder = "00000000-0000-4000-8000-000000000000"
+        envelope, soap_header = _signal_header(
+            from_party=our_party_key,
+            to_party=to_party,
+            cpa_id=cpa_id,
+            conversation_id=placeholder,
+            action="Acknowledgment",
+            message_id=placeholder.upper(),
+            now=datetime(1970, 1, 1, tzinfo=UTC),
+            ref_to_message_id=placeholder,
+        )
+        ack = etree.SubElement(soap_header, _q(EB_NS, "Acknowledgment"), _ext_attrs(_TO_PARTY_MSH))
+        self._ack_timestamp = _el(ack, _q(EB_NS, "Timestamp"), placeholder)
+        self._ack_ref_to = _el(ack, _q(EB_NS, "RefToMessageId"), placeholder)
+        _party(ack, "From", our_party_key)
+        element = _child(soap_header, "MessageHeader")
+        data = _child(element, "MessageData")
+        self._conversation_id = _child(element, "ConversationId")
+        self._message_id = _child(data, "MessageId")
+        self._timestamp = _child(data, "Timestamp")
+        self._ref_to = _child(data, "RefToMessageId")
+        self._envelope = envelope
+        self._lock = threading.Lock()
+        self.to_party = to_party
+        self.cpa_id = cpa_id
+
+    def render(self, inbound: MessageHeader, *, ack_message_id: str, now: datetime) -> bytes:
+        """The acknowledgement of `inbound`, which must come from this template's party under its CPA.
+
+        Raises ValueError for a bad id, a naive `now`, or an inbound message from another party or CPA.
+        """
+        if inbound.from_party != self.to_party or inbound.cpa_id != self.cpa_id:
+            raise ValueError("the inbound message is not from this template's party and CPA")
+        _require_text(inbound.message_id, "inbound message_id")
+        _require_message_id(ack_message_id, "message_id")
+        stamp = utc_timestamp(now)
+        with self._lock:
+            self._conversation_id.text = inbound.conversation_id
+            self._message_id.text = ack_message_id
+            self._timestamp.text = stamp
+            self._ref_to.text = inbound.message_id
+            self._ack_timestamp.text = stamp
+            self._ack_ref_to.text = inbound.message_id
+            return _serialise(self._envelope)
+
+
 def build_acknowledgement(
     inbound: MessageHeader, *, our_party_key: str, ack_message_id: str, now: datetime
 ) -> bytes:
-    """Our eb:Acknowledgment for an accepted inbound message (§4.4); the HTTP 200 body."""
-    _require_text(our_party_key, "our_party_key")
+    """Our eb:Acknowledgment for an accepted inbound message (§4.4); the HTTP 200 body. A reader of many
+    messages from one party renders an `AckTemplate` instead."""
     _require_text(inbound.message_id, "inbound message_id")
-    envelope, soap_header = _signal_header(
-        from_party=our_party_key,
-        to_party=inbound.from_party,
-        cpa_id=inbound.cpa_id,
-        conversation_id=inbound.conversation_id,
-        action="Acknowledgment",
-        message_id=ack_message_id,
-        now=now,
-        ref_to_message_id=inbound.message_id,
-    )
-    ack = etree.SubElement(soap_header, _q(EB_NS, "Acknowledgment"), _ext_attrs(_TO_PARTY_MSH))
-    _el(ack, _q(EB_NS, "Timestamp"), utc_timestamp(now))
-    _el(ack, _q(EB_NS, "RefToMessageId"), inbound.message_id)
-    _party(ack, "From", our_party_key)
-    return _serialise(envelope)
+    template = AckTemplate(our_party_key=our_party_key, to_party=inbound.from_party, cpa_id=inbound.cpa_id)
+    return template.render(inbound, ack_message_id=ack_message_id, now=now)
 
 
 def _error_list(soap_header: etree._Element, *, error_code: str, description: str, severity: str) -> None:
