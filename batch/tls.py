@@ -1,4 +1,4 @@
-"""The mutual-TLS contexts, one of each per process, and certificate expiry checks (ebxml-transport.md §5).
+"""The mutual-TLS contexts, one of each per process, and certificate expiry checks (docs/protocol.md#p18).
 
 Both legs use the same certificate, key and CA bundle, TLS 1.2 or later, and the same explicit cipher list:
 TLS 1.2 only with ECDHE key exchange and AES-GCM, and TLS 1.3 with OpenSSL's TLS 1.3 suites (all AEAD).

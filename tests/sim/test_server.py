@@ -171,7 +171,7 @@ async def test_hl7_acknowledgements_refer_to_the_hl7_message_id(pki: DevPki) -> 
     assert reply_of(received).message_ref == hl7_id
 
 
-# --- decision (a): the local-authority notification detector --------------------------------------------------
+# --- docs/decisions.md#d1: the local-authority notification detector ----------------------------------------
 
 
 def _edit_flag(change: Callable[[etree._Element, etree._Element], None]) -> Callable[[bytes], bytes]:
