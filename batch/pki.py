@@ -19,7 +19,6 @@ from batch.peers import spki_pin
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SPINE_CERT, SPINE_KEY = "spine.pem", "spine.key"
 CLIENT_CERT, CLIENT_KEY = "cpis-batch.pem", "cpis-batch.key"
-UNTRUSTED_CERT, UNTRUSTED_KEY = "untrusted-client.pem", "untrusted-client.key"
 
 _ORGANISATION = "cpis-batch development PKI (not for production)"
 # Backdating absorbs small clock differences between the processes that use the certificates.
@@ -256,16 +255,3 @@ def make_dev_pki(
 def spine_allowed_peer(pki: DevPki) -> str:
     """The `[inbound] allowed_peers` entry that lets the development Spine (and nothing else) post replies."""
     return spki_pin(x509.load_pem_x509_certificate(pki.spine_cert.read_bytes()))
-
-
-def make_untrusted_client(directory: Path) -> tuple[Path, Path]:
-    """A client certificate and key issued by a separate, unrelated CA: for tests that expect refusal."""
-    directory = Path(directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    now = datetime.now(UTC)
-    ca_cert, ca_key = _make_ca("untrusted test CA", 1, now)
-    sans = _subject_alternative_names(("127.0.0.1", "localhost"))
-    cert, key = _make_leaf("untrusted-client", sans, ca_cert, ca_key, 1, now)
-    cert_path, key_path = directory / UNTRUSTED_CERT, directory / UNTRUSTED_KEY
-    _write_pair(cert_path, key_path, cert, key)
-    return cert_path, key_path

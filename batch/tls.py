@@ -121,11 +121,6 @@ def _remaining_days(leaf: x509.Certificate) -> float:
     return (leaf.not_valid_after_utc - datetime.now(UTC)).total_seconds() / 86400
 
 
-def days_until_expiry(cert: Path) -> float:
-    """Days until the (first, i.e. leaf) certificate in the file expires; negative once it has."""
-    return _remaining_days(read_certificates(cert, "certificate")[0])
-
-
 def expiry_warning(cert: Path, within_days: int = 30) -> str | None:
     """A log message when the certificate has expired or expires within the given days, else None."""
     leaf = read_certificates(cert, "certificate")[0]
