@@ -185,7 +185,7 @@ def _delimiters(body: bytes, marker: bytes, max_parts: int) -> list[tuple[int, i
     """(start, end, closing) of each delimiter line, up to the closing one; at most max_parts + 1 of them.
 
     A delimiter starts a line (its preceding line end belongs to it), is `--` and the boundary, then `--` when
-    it closes, optional blanks and a line end or the end of the body (RFC 2046 sec. 5.1.1, read tolerantly).
+    it closes, optional blanks and a line end or the end of the body (read tolerantly; RFC 2046 section 5.1.1).
     """
     needle = b"--" + marker
     size = len(body)
