@@ -1,4 +1,6 @@
-"""The job file: one TOML per job, validated once at startup (decisions c, e, g).
+"""The job file: one TOML per job, validated once at startup.
+
+Decisions it applies: docs/decisions.md#d3, docs/decisions.md#d7, docs/decisions.md#d8, docs/decisions.md#d12.
 
 Every table and key a job file may hold is declared once, below, with the parser that checks its value and its
 default. The loader refuses anything not declared (a misspelt key must not quietly fall back to its default),
@@ -30,7 +32,8 @@ log = logging.getLogger(__name__)
 Profile = Literal["simulated", "test", "live"]
 PROFILES: tuple[Profile, ...] = ("simulated", "test", "live")
 
-# Spine publishes no throughput figure; above these the operator should know what they are doing (decision e).
+# Spine publishes no throughput figure; above these the operator should know what they are doing
+# (docs/decisions.md#d7, docs/decisions.md#d8).
 RECOMMENDED_LIMITS = {"rate_per_second": 5.0, "max_in_flight": 100, "max_concurrent_posts": 20}
 
 _ASID = re.compile(r"[0-9]{12}", re.ASCII)
@@ -536,7 +539,7 @@ def load_job(path: Path) -> JobConfig:
         allowed_peers=r.get(INBOUND_ALLOWED_PEERS),
     )
     if profile == "simulated":
-        # The simulated profile must never reach a real endpoint (decision g).
+        # The simulated profile must never reach a real endpoint (docs/decisions.md#d12).
         spine_host = urlsplit(spine.url).hostname or ""
         for key, host in (("spine.url", spine_host), ("inbound.host", inbound.host)):
             if not _is_loopback(host):

@@ -1,14 +1,15 @@
 """Inbound workflow: an ebXML reply in, a stored and correlated row and our acknowledgement out.
 
-Order follows ebxml-transport §4.3: check the header, answer a duplicate with the stored acknowledgement,
+Order follows docs/protocol.md#p11: check the header, answer a duplicate with the stored acknowledgement,
 build the acknowledgement, store the message and its effect in one transaction, only then wake the waiter
 and acknowledge. A store failure answers 500 without acknowledgement, so nothing is acknowledged unstored.
 
 Reading a message (MIME, the SOAP envelope, the header checks, the HL7 payload, our acknowledgement) runs in a
 worker thread, so a large or hostile body never stalls the event loop that paces the queries.
 
-Beyond §4.2, a message must come from Spine: an `eb:From` party or `eb:CPAId` other than the configured
-Spine's gets a MessageError, never an acknowledgement, and is filed `rejected`; it reaches no child.
+Beyond header checks 1-3 (docs/protocol.md#p10), a message must come from Spine: an `eb:From` party or
+`eb:CPAId` other than the configured Spine's gets a MessageError, never an acknowledgement, and is filed
+`rejected`; it reaches no child.
 Messages that reach no child (`orphan`, `rejected`) are stored truncated to `SIDE_RAW_LIMIT` bytes and within
 a quota per process (`SideQuota`); beyond it they are counted, answered as before (an orphan is acknowledged,
 a rejected message gets its MessageError) and not stored.
@@ -234,7 +235,8 @@ class ReplyProcessor:
         if stored.duplicate:
             log.info("duplicate inbound message %s acknowledged again", message_id)
         elif disposition in (Disposition.ORPHAN, Disposition.QUARANTINED, Disposition.UNPARSEABLE):
-            # Kept for diagnosis and never reported against a patient (decision h); worth an operator's look.
+            # Kept for diagnosis and never reported against a patient (docs/decisions.md#d15); worth an
+            # operator's look.
             self._log_notable(
                 disposition.value, "inbound %s %s stored as %s", header.action, message_id, disposition
             )
@@ -320,7 +322,7 @@ class ReplyProcessor:
         return _Read(header, answer=ack, reply=reply)
 
     def _from_spine(self, header: MessageHeader) -> HeaderProblem | None:
-        """Only Spine's party, under the agreed CPA, may send replies (checked after the §4.2 checks)."""
+        """Only Spine's party, under the agreed CPA, may send replies (docs/protocol.md#p10 checks 4-5)."""
         if header.from_party != self._spine_party_key:
             return HeaderProblem(
                 "ValueNotRecognized", "eb:From PartyId is not the Spine party this endpoint serves"

@@ -1,7 +1,7 @@
 """Spine ebXML messaging: SOAP/ebXML headers, acknowledgements, errors and Spine's synchronous answers.
 
-Transport envelope only: no HTTP and no knowledge of the HL7 payload (spec ebxml-transport.md §2-§4). The
-multipart/related framing around the envelope is batch.mime's.
+Transport envelope only: no HTTP and no knowledge of the HL7 payload (docs/protocol.md#p3 to
+docs/protocol.md#p12). The multipart/related framing around the envelope is batch.mime's.
 """
 
 import re
@@ -24,7 +24,7 @@ BOUNDARY = "--=_MIME-Boundary"
 EBXML_CONTENT_ID = "ebXMLHeader@spine.nhs.uk"
 CONTENT_ID_DOMAIN = "spine.nhs.uk"
 CONTENT_TYPE = f'multipart/related; boundary="{BOUNDARY}"; type="text/xml"; start="<{EBXML_CONTENT_ID}>"'
-# Content-Type of our acknowledgement and MessageError responses (§4.4).
+# Content-Type of our acknowledgement and MessageError responses (docs/protocol.md#p12).
 SIGNAL_CONTENT_TYPE = "text/xml; charset=UTF-8"
 MSH_SERVICE = "urn:oasis:names:tc:ebxml-msg:service"
 PARTY_TYPE = "urn:nhs:names:partyType:ocs+serviceInstance"
@@ -33,7 +33,7 @@ RETRIABLE_FAULT_CODES = frozenset({"200", "206", "208"})
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 EB_NS = "http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd"
 HL7EBXML_NS = "urn:hl7-org:transport/ebXML/DSTUv1.0"
-# NHS code also writes the lowercase spelling; inbound accepts both (§2.3).
+# NHS code also writes the lowercase spelling; inbound accepts both (docs/protocol.md#p4).
 HL7EBXML_NS_ALT = "urn:hl7-org:transport/ebxml/DSTUv1.0"
 XLINK_NS = "http://www.w3.org/1999/xlink"
 NASP_NS = "http://national.carerecords.nhs.uk/schema/"
@@ -105,7 +105,7 @@ SyncAnswer = Accepted | Rejected
 
 
 def utc_timestamp(moment: datetime) -> str:
-    """ebXML timestamp, UTC to the second (decision f)."""
+    """ebXML timestamp, UTC to the second (docs/decisions.md#d5)."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("ebXML timestamps need a timezone-aware datetime")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -256,8 +256,8 @@ class MessageTemplate:
         hl7: bytes,
         ref_to_message_id: str | None = None,
     ) -> tuple[dict[str, str], bytes]:
-        """HTTP headers and multipart body for one message (§2). Raises ValueError for a bad value, or for a
-        RefToMessageId given to a template without one (or missing from one with one)."""
+        """HTTP headers and multipart body for one message (docs/protocol.md#p3). Raises ValueError for a bad
+        value, or for a RefToMessageId given to a template without one (or missing from one with one)."""
         if (ref_to_message_id is None) != (self._ref_to is None):
             raise ValueError("ref_to_message_id must be given exactly when the template refers to a message")
         if self._ref_to is not None:
@@ -284,8 +284,8 @@ class MessageTemplate:
 
 
 def build_message(header: MessageHeader, hl7: bytes) -> tuple[dict[str, str], bytes]:
-    """HTTP headers and multipart body for one ebXML message carrying an HL7 payload (§2); a job renders a
-    `MessageTemplate` instead."""
+    """HTTP headers and multipart body for one ebXML message carrying an HL7 payload (docs/protocol.md#p3);
+    a job renders a `MessageTemplate` instead."""
     template = MessageTemplate(
         from_party=header.from_party,
         to_party=header.to_party,
@@ -396,8 +396,8 @@ class AckTemplate:
 def build_acknowledgement(
     inbound: MessageHeader, *, our_party_key: str, ack_message_id: str, now: datetime
 ) -> bytes:
-    """Our eb:Acknowledgment for an accepted inbound message (§4.4); the HTTP 200 body. A reader of many
-    messages from one party renders an `AckTemplate` instead."""
+    """Our eb:Acknowledgment for an accepted inbound message (docs/protocol.md#p12); the HTTP 200 body. A
+    reader of many messages from one party renders an `AckTemplate` instead."""
     _require_text(inbound.message_id, "inbound message_id")
     template = AckTemplate(our_party_key=our_party_key, to_party=inbound.from_party, cpa_id=inbound.cpa_id)
     return template.render(inbound, ack_message_id=ack_message_id, now=now)
@@ -430,7 +430,7 @@ def build_message_error(
     description: str,
     severity: str = "Error",
 ) -> bytes:
-    """Our MessageError for an inbound message whose header failed the §4.2 checks (sent with HTTP 200)."""
+    """Our MessageError (HTTP 200) for an inbound message whose header fails a docs/protocol.md#p10 check."""
     _require_text(our_party_key, "our_party_key")
     envelope, soap_header = _signal_header(
         from_party=our_party_key,
@@ -534,7 +534,7 @@ def _clean_soap_action(value: str | None) -> str | None:
 
 
 def parse_message(content_type: str, body: bytes, soap_action: str | None = None) -> EbxmlMessage:
-    """Read an inbound ebXML message tolerantly (§4.1); header rules are check_inbound_header's job."""
+    """Read an inbound ebXML message tolerantly (docs/protocol.md#p9); check_inbound_header judges it."""
     parsed_type = mime.parse_content_type(content_type or "")
     if parsed_type.media_type in _XML_MEDIA_TYPES:
         # A bare SOAP message: an ebXML signal without payload.
@@ -555,7 +555,7 @@ def parse_message(content_type: str, body: bytes, soap_action: str | None = None
 
 
 def check_inbound_header(header: MessageHeader, our_party_key: str) -> HeaderProblem | None:
-    """The §4.2 checks, in table order; None when the message may be processed."""
+    """Checks 1-3 of docs/protocol.md#p10, in table order; None when the message may be processed."""
     if header.to_party != our_party_key:
         return HeaderProblem("ValueNotRecognized", "501314:Invalid To Party Type attribute")
     if header.service != SERVICE or header.action not in REPLY_ACTIONS:
@@ -597,7 +597,7 @@ def _bounded(text: str) -> str:
 
 def _message_error(envelope: etree._Element) -> Rejected | None:
     errors = envelope.findall(".//eb:ErrorList/eb:Error", _NS)
-    # Warnings do not stop processing (ebMS 2.0 §4.2.3.2); only errors reject the message.
+    # Warnings do not stop processing (ebMS 2.0 section 4.2.3.2); only errors reject the message.
     blocking = [error for error in errors if _attr(error, "severity").lower() != "warning"]
     if not blocking:
         return None
@@ -626,7 +626,8 @@ def _soap_fault(envelope: etree._Element) -> Rejected | None:
 
 
 def classify_sync_answer(status: int, content_type: str | None, body: bytes) -> SyncAnswer:
-    """Classify Spine's HTTP response to our POST (§3): accepted, or rejected and whether to resend."""
+    """Classify Spine's HTTP response to our POST (docs/protocol.md#p8): accepted, or rejected and whether
+    to resend."""
     envelope = _sync_envelope(content_type, body)
     if envelope is not None:
         rejection = _message_error(envelope) or _soap_fault(envelope)

@@ -1,4 +1,4 @@
-"""Identifiers for messages, conversations and query acts (decision f)."""
+"""Identifiers for messages, conversations and query acts (docs/decisions.md#d4)."""
 
 import uuid
 

@@ -15,7 +15,7 @@ from email.message import Message
 from typing import NamedTuple
 
 _CRLF = b"\r\n"
-# RFC 2046 §5.1.1: 1-70 characters, the last not a space.
+# RFC 2046 section 5.1.1: 1-70 characters, the last not a space.
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")
 # RFC 2392 Content-Ids are addr-specs: printable ASCII, no spaces, no angle brackets.
 _CONTENT_ID = re.compile(r"[\x21-\x3B\x3D\x3F-\x7E]+")
@@ -185,7 +185,7 @@ def _delimiters(body: bytes, marker: bytes, max_parts: int) -> list[tuple[int, i
     """(start, end, closing) of each delimiter line, up to the closing one; at most max_parts + 1 of them.
 
     A delimiter starts a line (its preceding line end belongs to it), is `--` and the boundary, then `--` when
-    it closes, optional blanks and a line end or the end of the body (RFC 2046 §5.1.1, read tolerantly).
+    it closes, optional blanks and a line end or the end of the body (read tolerantly; RFC 2046 section 5.1.1).
     """
     needle = b"--" + marker
     size = len(body)
@@ -261,7 +261,7 @@ def parse_related(content_type: ContentType, body: bytes, *, max_parts: int = MA
 
 
 def root_part(parts: Sequence[MimePart], start: str | None) -> MimePart:
-    """The part the start parameter names, else the first part (RFC 2387 §3.2)."""
+    """The part the start parameter names, else the first part (RFC 2387 section 3.2)."""
     if not parts:
         raise MimeError("multipart body without parts")
     if start:

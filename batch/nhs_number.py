@@ -1,4 +1,4 @@
-"""NHS number normalisation and validation (spec nhs-number.md).
+"""NHS number normalisation and validation (docs/decisions.md#d13, docs/decisions.md#d14).
 
 Two implementations of one rule set: `validate` for a single value and `nhs_number_expr` for a whole polars
 column without a Python call per row. Both are built from the same character sets and regular expressions
@@ -17,7 +17,7 @@ import polars as pl
 Profile = Literal["simulated", "test", "live"]
 PROFILES: tuple[str, ...] = get_args(Profile)
 
-# Spec §6: error code -> the name the report's `reason` column carries. Checks run in this order.
+# Error code -> the name in the report's `reason` column (docs/decisions.md#d13). Checks run in this order.
 REASONS: dict[str, str] = {
     "E_EMPTY": "empty",
     "E_FORMAT": "not_10_digits",
@@ -31,8 +31,9 @@ REASONS: dict[str, str] = {
     "E_LIVE_IN_TEST": "live_number_in_test",
 }
 
-# Spec §6 warnings -> names used in the warning column. Only `float_suffix` is decided here; the reader adds
-# `duplicate` (it needs every row) and `unverified` belongs to whoever reads a verification-status column.
+# Warnings (docs/decisions.md#d13) -> names used in the warning column. Only `float_suffix` is decided here;
+# the reader adds `duplicate` (it needs every row) and `unverified` belongs to whoever reads a
+# verification-status column.
 WARNINGS: dict[str, str] = {
     "W_FLOAT_SUFFIX": "float_suffix",
     "W_DUPLICATE": "duplicate",
@@ -86,9 +87,9 @@ _TEN_RE = re.compile(_TEN_PATTERN)
 
 _WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 
-# Spec §5 by leading digit: 4xx and 6xx-7xx are England, Wales and Isle of Man; 9xx is never issued (test
-# and synthetic patients); every other leading digit is Scotland, Northern Ireland, Republic of Ireland,
-# reserved or unallocated.
+# By leading digit (docs/decisions.md#d14): 4xx and 6xx-7xx are England, Wales and Isle of Man; 9xx is never
+# issued (test and synthetic patients); every other leading digit is Scotland, Northern Ireland, Republic of
+# Ireland, reserved or unallocated.
 _ENGLAND_LEADS = frozenset("467")
 _TEST_LEAD = "9"
 
@@ -136,7 +137,7 @@ def _error(reason: str) -> NhsNumberResult:
 
 
 def validate(value: str | None, profile: Profile = "simulated") -> NhsNumberResult:
-    """Normalise and check one value; the first failing check (spec §6 order) decides the reason.
+    """Normalise and check one value; the first failing check (docs/decisions.md#d13) decides the reason.
 
     Warnings are attached only to numbers that pass: an error row is not queried, so a warning would add
     nothing to its report line.

@@ -1,4 +1,7 @@
-"""What a business reply means for the child it answers (cpis-messages §5, §8; decision h)."""
+"""What a business reply means for the child it answers.
+
+See docs/protocol.md#p14, docs/protocol.md#p17 and docs/decisions.md#d15.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +54,8 @@ def judge(reply: ParsedReply, *, queried_nhs_number: str) -> Verdict:
 
 def _judge_response(reply: QueryResponse, nhs_number: str) -> Verdict:
     for record in reply.records:
-        # A child record naming another NHS number must never be reported against this patient (decision h).
+        # A child record naming another NHS number must never be reported against this patient
+        # (docs/decisions.md#d15).
         # Unborn-child records carry the mother's identifiers, so they are not compared.
         if record.subject_kind == "child" and record.subject_ids and nhs_number not in record.subject_ids:
             return Verdict(None, Disposition.QUARANTINED, "reply names a different NHS number")

@@ -161,6 +161,15 @@ def _check_regular_file(path: Path) -> None:
         raise InputError(path, None, "not a regular file")
 
 
+def _list_suffix(path: Path) -> str:
+    """The file's suffix, lowercased, when it names a list format we read; else InputError."""
+    suffix = path.suffix.lower()
+    if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES:
+        expected = ", ".join(sorted(CSV_SUFFIXES | PARQUET_SUFFIXES))
+        raise InputError(path, None, f"unsupported file type '{suffix}' (expected {expected})")
+    return suffix
+
+
 def _check_readable(path: Path) -> None:
     _check_regular_file(path)
     try:
@@ -551,10 +560,7 @@ def read_patient_lists(
     annotated: list[tuple[Path, pl.DataFrame]] = []
     for given in paths:
         path = Path(given)
-        suffix = path.suffix.lower()
-        if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES:
-            expected = ", ".join(sorted(CSV_SUFFIXES | PARQUET_SUFFIXES))
-            raise InputError(path, None, f"unsupported file type '{suffix}' (expected {expected})")
+        suffix = _list_suffix(path)
         _check_regular_file(path)
         try:
             frame, header_row = _read_csv(path, spec) if suffix in CSV_SUFFIXES else _read_parquet(path, spec)
@@ -627,10 +633,7 @@ def read_list_header(path: Path, spec: InputSpec) -> ListHeader:
     readable regular file, its column count, duplicate names, every configured column present (and, for
     Parquet, column types). Raises InputError as `read_patient_lists` would."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in CSV_SUFFIXES | PARQUET_SUFFIXES:
-        expected = ", ".join(sorted(CSV_SUFFIXES | PARQUET_SUFFIXES))
-        raise InputError(path, None, f"unsupported file type '{suffix}' (expected {expected})")
+    suffix = _list_suffix(path)
     _check_readable(path)
     try:
         if suffix in CSV_SUFFIXES:

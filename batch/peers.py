@@ -1,4 +1,4 @@
-"""Who may post to the reply endpoint: the `[inbound] allowed_peers` allow-list (ebxml-transport §5).
+"""Who may post to the reply endpoint: the `[inbound] allowed_peers` allow-list (docs/decisions.md#d17).
 
 The TLS handshake already proves that the peer holds a certificate issued under the configured CA. In NHS
 environments that CA issues certificates to every connected system, so the chain alone does not make a peer

@@ -10,7 +10,7 @@ Three parts, data flowing one way:
 A child waiting for its reply holds a place in flight but no sender, so waiting never slows sending, and a
 resumed run's children whose queries may still be at Spine wait on their own deadlines (from when those queries
 were sent) while fresh children go out at the full rate. A reply, reported by the inbound endpoint through
-`on_resolved`, ends its child at once (decision d).
+`on_resolved`, ends its child at once (docs/decisions.md#d6).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ from batch.peers import spki_pin
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SPINE_CERT, SPINE_KEY = "spine.pem", "spine.key"
 CLIENT_CERT, CLIENT_KEY = "cpis-batch.pem", "cpis-batch.key"
-UNTRUSTED_CERT, UNTRUSTED_KEY = "untrusted-client.pem", "untrusted-client.key"
 
 _ORGANISATION = "cpis-batch development PKI (not for production)"
 # Backdating absorbs small clock differences between the processes that use the certificates.
@@ -90,19 +89,25 @@ def _new_key() -> _EcKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _make_ca(common_name: str, days: int, now: datetime) -> tuple[x509.Certificate, _EcKey]:
-    key = _new_key()
-    subject = _name(common_name)
-    public = key.public_key()
-    cert = (
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: ec.EllipticCurvePublicKey,
+    now: datetime,
+    not_after: datetime,
+    *,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What a CA and a leaf certificate share: names, key, serial, validity, basic constraints, key usage."""
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(issuer)
         .public_key(public)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -110,13 +115,22 @@ def _make_ca(common_name: str, days: int, now: datetime) -> tuple[x509.Certifica
                 key_encipherment=False,
                 data_encipherment=False,
                 key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
+                key_cert_sign=ca,
+                crl_sign=ca,
                 encipher_only=False,
                 decipher_only=False,
             ),
             critical=True,
         )
+    )
+
+
+def _make_ca(common_name: str, days: int, now: datetime) -> tuple[x509.Certificate, _EcKey]:
+    key = _new_key()
+    subject = _name(common_name)
+    public = key.public_key()
+    cert = (
+        _builder(subject, subject, public, now, now + timedelta(days=days), ca=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -135,28 +149,7 @@ def _make_leaf(
     public = key.public_key()
     not_after = min(now + timedelta(days=days), ca_cert.not_valid_after_utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(_name(common_name), ca_cert.subject, public, now, not_after, ca=False)
         # Both usages: the same certificate serves and presents on both legs, as NHS endpoint certificates do.
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
@@ -262,16 +255,3 @@ def make_dev_pki(
 def spine_allowed_peer(pki: DevPki) -> str:
     """The `[inbound] allowed_peers` entry that lets the development Spine (and nothing else) post replies."""
     return spki_pin(x509.load_pem_x509_certificate(pki.spine_cert.read_bytes()))
-
-
-def make_untrusted_client(directory: Path) -> tuple[Path, Path]:
-    """A client certificate and key issued by a separate, unrelated CA: for tests that expect refusal."""
-    directory = Path(directory)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    now = datetime.now(UTC)
-    ca_cert, ca_key = _make_ca("untrusted test CA", 1, now)
-    sans = _subject_alternative_names(("127.0.0.1", "localhost"))
-    cert, key = _make_leaf("untrusted-client", sans, ca_cert, ca_key, 1, now)
-    cert_path, key_path = directory / UNTRUSTED_CERT, directory / UNTRUSTED_KEY
-    _write_pair(cert_path, key_path, cert, key)
-    return cert_path, key_path

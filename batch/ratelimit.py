@@ -1,4 +1,4 @@
-"""Pacing that never lets more than `rate` queries arrive at Spine in any window of one second (decision e).
+"""Pacing: never more than `rate` queries arriving at Spine in any one-second window (docs/decisions.md#d7).
 
 Why not a token bucket: a bucket whose capacity equals the rate lets up to twice the rate into one second after
 an idle spell. Here grants are spaced evenly at `window / rate`, and grant k + R (R = rate × window) waits until

@@ -1,7 +1,7 @@
 """Outcomes and reason codes in plain English, for the people who read `summary.html`.
 
-Every reason code of decision D18 (README's outcome table) has a sentence; a code this module does not know
-still gets its outcome's sentence, with the code beside it in the report.
+Every reason code of docs/decisions.md#d18 (README's outcome table) has a sentence; a code this module does
+not know still gets its outcome's sentence, with the code beside it in the report.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from batch.states import CHILD_OUTCOMES, AttemptStatus, RunStatus
+from batch.states import CHILD_OUTCOMES, AttemptStatus
 from batch.store.schema import SCHEMA_VERSION, SchemaError, file_version
 
 RATE_WINDOW_S = 60.0
@@ -209,7 +209,3 @@ def recent_runs(
         )
         for run_id, name, status, reference_date, started_at, finished_at in rows
     ]
-
-
-def is_unfinished(run: RunView) -> bool:
-    return run.status != RunStatus.COMPLETE.value

@@ -1,4 +1,4 @@
-"""The mutual-TLS contexts, one of each per process, and certificate expiry checks (ebxml-transport.md §5).
+"""The mutual-TLS contexts, one of each per process, and certificate expiry checks (docs/protocol.md#p18).
 
 Both legs use the same certificate, key and CA bundle, TLS 1.2 or later, and the same explicit cipher list:
 TLS 1.2 only with ECDHE key exchange and AES-GCM, and TLS 1.3 with OpenSSL's TLS 1.3 suites (all AEAD).
@@ -119,11 +119,6 @@ def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
 
 def _remaining_days(leaf: x509.Certificate) -> float:
     return (leaf.not_valid_after_utc - datetime.now(UTC)).total_seconds() / 86400
-
-
-def days_until_expiry(cert: Path) -> float:
-    """Days until the (first, i.e. leaf) certificate in the file expires; negative once it has."""
-    return _remaining_days(read_certificates(cert, "certificate")[0])
 
 
 def expiry_warning(cert: Path, within_days: int = 30) -> str | None:

@@ -1,7 +1,7 @@
 """Outbound leg: one mutual-TLS HTTP client per run that POSTs ebXML messages to Spine.
 
 The transport resends the identical bytes (same M) after connect failures, retriable SOAP faults and
-502/503/504, with exponential back-off and jitter (ebxml-transport §7), each resend in a rate slot of its own.
+502/503/504, with exponential back-off and jitter (docs/decisions.md#d10), each resend in its own rate slot.
 It never resends after a read timeout: Spine may already hold the query, so the reply timeout decides.
 """
 
@@ -151,7 +151,7 @@ class SpineTransport:
         await self.aclose()
 
     async def send(self, query: OutboundQuery, slot: RateSlot) -> SendResult:
-        # Fail closed: nothing leaves without the scheduled-care flag set to false (decision a).
+        # Fail closed: nothing leaves without the scheduled-care flag set to false (docs/decisions.md#d1).
         assert_scheduled_care(query.hl7)
         next_slot: RateSlot | None = slot
         try:
@@ -194,7 +194,7 @@ class SpineTransport:
             return SendUnanswered("response_timeout", maybe_delivered=True), False
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
             # The connection dropped mid-exchange: Spine may or may not have the query. Resending the same
-            # M is what ebxml-transport §7 allows for a connection failure.
+            # M is what docs/decisions.md#d10 allows for a connection failure.
             return SendUnanswered("connection_lost", maybe_delivered=False), True
         except httpx.HTTPError as exc:
             return SendUnanswered(type(exc).__name__, maybe_delivered=False), True

@@ -126,12 +126,12 @@ def build_dataset(rng: random.Random) -> tuple[Dataset, list[str], list[str], di
 
 
 def _invalid_numbers(rng: random.Random) -> dict[str, str | None]:
-    """One value per invalid-number reason (report names from nhs-number.md §6)."""
+    """One value per invalid-number reason (report names from docs/decisions.md#d13)."""
     stem = "999" + "".join(rng.choice("0123456789") for _ in range(6))
     while check_digit(stem) is None:
         stem = "999" + "".join(rng.choice("0123456789") for _ in range(6))
     good = f"{stem}{check_digit(stem)}"
-    ten_stem = "999123408"  # check value 10 (nhs-number.md §3)
+    ten_stem = "999123408"  # check value 10 (docs/decisions.md#d13)
     assert check_digit(ten_stem) is None
     return {
         "empty": None,

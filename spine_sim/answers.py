@@ -34,7 +34,7 @@ FAULT_MCCI_ERROR = AppAckError(code="SIMAE99", display="Simulated application er
 
 @dataclass(frozen=True)
 class SimIdentity:
-    """The simulator's own identifiers: synthetic, never NHS-issued (decision g)."""
+    """The simulator's own identifiers: synthetic, never NHS-issued (docs/decisions.md#d12)."""
 
     party_key: str = "SIMSPINE-0000001"
     asid: str = "999000000001"

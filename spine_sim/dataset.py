@@ -14,7 +14,7 @@ The JSON file (``sample_data/spine-dataset.json``) has this shape::
 
 A child with no records is part of the population but not on CP-IS. Any number without records or an
 ``errors`` entry is answered "no record found" (QUQI, ``ID``, ``NHSNCC002``); ``not_found`` overrides that
-answer for a few numbers (e.g. ``NF``) so both not-found rules of cpis-messages §5 get exercised.
+answer for a few numbers (e.g. ``NF``) so both not-found rules of docs/protocol.md#p14 get exercised.
 
 Error messages name positions in the file, never NHS numbers or names.
 """
@@ -37,8 +37,8 @@ ERROR_KINDS = ("quqi", "mcci")
 
 NOT_FOUND_CODE = "NHSNCC002"
 NOT_FOUND_DISPLAY = "No Record Found"
-# cpis-messages §5: the rules a client uses to read a QUQI as "not found"; the dataset must agree with them so
-# its ground truth is unambiguous.
+# The rules a client uses to read a QUQI as "not found" (docs/protocol.md#p14); the dataset must agree with
+# them so its ground truth is unambiguous.
 _NOT_FOUND_TEXT = re.compile(r"not\s+found|no\s+record", re.IGNORECASE)
 _NHS_NUMBER = re.compile(r"[0-9]{10}", re.ASCII)
 _PHONE = re.compile(r"\+?[0-9]+", re.ASCII)
@@ -97,7 +97,7 @@ class Plan:
     end: date | None
 
     def active_on(self, day: date) -> bool:
-        """cpis-messages §8: started on or before ``day`` and not ended before it."""
+        """docs/protocol.md#p17: started on or before ``day`` and not ended before it."""
         return self.start <= day and (self.end is None or self.end >= day)
 
 

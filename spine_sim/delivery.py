@@ -1,6 +1,6 @@
 """Posting replies to the client's inbound endpoint, after a latency, possibly held back and reordered.
 
-The CP-IS reply route is express: a POST that fails is counted and never resent (ebxml-transport §1).
+The CP-IS reply route is express: a POST that fails is counted and never resent (docs/protocol.md#p2).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The ebXML envelope as Spine speaks it (ebxml-transport §2-§4): reading queries, writing replies.
+"""The ebXML envelope as Spine speaks it: reading queries, writing replies.
 
-Written apart from the client's own ebXML code: each side checks the other, so a misreading of the spec
-shared by both cannot pass every test.
+See docs/protocol.md#p3 to docs/protocol.md#p12. Written apart from the client's own ebXML code: each side
+checks the other, so a misreading of the protocol shared by both cannot pass every test.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SIGNAL_CONTENT_TYPE: Final = "text/xml; charset=UTF-8"
 SOAP_NS: Final = "http://schemas.xmlsoap.org/soap/envelope/"
 EB_NS: Final = "http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd"
 HL7EBXML_NS: Final = "urn:hl7-org:transport/ebXML/DSTUv1.0"
-# NHS code writes both spellings (§2.3); a reader accepts either.
+# NHS code writes both spellings (docs/protocol.md#p4); a reader accepts either.
 HL7EBXML_NS_ALT: Final = "urn:hl7-org:transport/ebxml/DSTUv1.0"
 XLINK_NS: Final = "http://www.w3.org/1999/xlink"
 XML_NS: Final = "http://www.w3.org/XML/1998/namespace"
@@ -71,7 +71,7 @@ class EbxmlReadError(ValueError):
 
 
 def utc_timestamp(moment: datetime) -> str:
-    """An ebXML timestamp: UTC to the second (decision f)."""
+    """An ebXML timestamp: UTC to the second (docs/decisions.md#d5)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -175,7 +175,8 @@ _TEMPLATE: Final = _template()
 
 
 def build_message(header: MessageHeader, hl7: bytes) -> tuple[dict[str, str], bytes]:
-    """HTTP headers and multipart body of a reply: express route, so no SyncReply and no AckRequested (§4.1)."""
+    """HTTP headers and multipart body of a reply: express route (docs/protocol.md#p2), so no SyncReply and
+    no AckRequested."""
     payload_cid = f"{header.message_id}@{CONTENT_ID_DOMAIN}"
     envelope = copy.deepcopy(_TEMPLATE)
     fields = envelope.find(_MESSAGE_HEADER)

@@ -1,4 +1,4 @@
-"""HL7 V3 as the simulator writes it: namespaces, interactions, OIDs and element helpers (cpis-messages §1-2).
+"""HL7 V3 as the simulator writes it: namespaces, interactions, OIDs, element helpers (docs/protocol.md#p1).
 
 The simulator keeps its own copy of these values rather than the client's, so that a value both sides got
 wrong in the same way cannot slip through every test.
@@ -27,9 +27,9 @@ OID_TEMPLATE_CONTENT_ID: Final = "2.16.840.1.113883.2.1.3.2.4.18.16"
 OID_JOB_ROLE_NHS_DATA: Final = "2.16.840.1.113883.2.1.3.2.4.17.196"
 OID_SPINE_ISSUE_CODES: Final = "2.16.840.1.113883.2.1.3.2.4.17.42"
 
-# What Spine's own CP-IS reply generator stamps on a query response (decision b).
+# What Spine's own CP-IS reply generator stamps on a query response (docs/decisions.md#d2).
 RESPONSE_VERSION_CODE: Final = "v3INF_DMSv5.7:FIN"
-# Infrastructure acknowledgements carry the generic MIM label, as in the NHS test kit (decision b).
+# Infrastructure acknowledgements carry the generic MIM label, as in the NHS test kit (docs/decisions.md#d2).
 ACK_VERSION_CODE: Final = "V3NPfIT3.0"
 
 UK_TIME: Final = ZoneInfo("Europe/London")
@@ -52,7 +52,7 @@ def sub(parent: etree._Element, tag: str, /, text: str | None = None, **attrs: s
 
 
 def template_slot(parent: etree._Element, template: str) -> etree._Element:
-    """The ``npfitlc:contentId`` marker, then the template element itself (messages §2 "Template slot")."""
+    """The ``npfitlc:contentId`` marker, then the template element (docs/protocol.md#p1, "Template slot")."""
     head, _, tail = template.rpartition(".")
     etree.SubElement(
         parent, f"{{{NPFIT_NS}}}contentId", root=OID_TEMPLATE_CONTENT_ID, extension=f"{head}#{tail}"
@@ -66,7 +66,7 @@ def serialise(root: etree._Element) -> bytes:
 
 
 def hl7_timestamp(moment: datetime) -> str:
-    """14 digits of UK local time without an offset (decision f); a naive datetime is taken as UK time."""
+    """14 digits of UK local time, no offset (docs/decisions.md#d5); a naive datetime is taken as UK time."""
     if moment.tzinfo is not None:
         moment = moment.astimezone(UK_TIME)
     return moment.strftime("%Y%m%d%H%M%S")

@@ -43,7 +43,7 @@ class Related:
 
     @property
     def root(self) -> MimePart:
-        """The part ``start`` names, else the first (RFC 2387 §3.2)."""
+        """The part ``start`` names, else the first (RFC 2387 section 3.2)."""
         return next(
             (part for part in self.parts if self.start and part.content_id == self.start), self.parts[0]
         )

@@ -1,8 +1,8 @@
 """HL7 replies of the simulated Spine: REPC_IN000007GB01, QUQI_IN010000UK14, MCCI_IN010000UK13.
 
 Inputs are plain data, so the simulator shares no types with the client's parser. Output follows
-the skeletons of cpis-messages §4.7 and §5 and validates against the CP-IS XSDs, with one deliberate
-exception documented on `SimPlan`.
+the shapes of docs/protocol.md#p13 and docs/protocol.md#p14 and validates against the CP-IS XSDs, with one
+deliberate exception documented on `SimPlan`.
 """
 
 import functools
@@ -107,7 +107,7 @@ def query_response(
     """REPC_IN000007GB01 (`queryAck` OK).
 
     `message_ref` is accepted for a signature uniform with the other builders but not written:
-    the REPC has no acknowledgement element and is correlated by ebXML RefToMessageId (messages §6).
+    the REPC has no acknowledgement element and is correlated by ebXML RefToMessageId (docs/protocol.md#p15).
     """
     if not records:
         # pertinentInformation14 is 1..*: "no record" is a QUQI, never an empty REPC.
@@ -307,7 +307,7 @@ def _record(record: etree._Element, data: SimRecord, nhs_number: str) -> None:
         sub(child, "id", root=OID_NHS_NUMBER, extension=nhs_number)
         _person(sub(child, "childPerson"), data)
     elif data.subject_kind == "unborn":
-        # The unborn child's record carries the mother's details and NHS number (messages §4.5).
+        # The unborn child's record carries the mother's details and NHS number (docs/protocol.md#p13).
         unborn = template_slot(subject, "COCT_TP145100GB01.UnbornChild")
         mother = sub(unborn, "parentMotherPerson")
         _person(mother, data)

@@ -2,7 +2,7 @@
 
 ``new`` opens a fresh connection for every reply, as Spine does; ``reuse`` keeps a connection for the next
 reply when the receiver allows keep-alive (it does not when it answers ``Connection: close``). Nothing is ever
-resent: the CP-IS reply route is express, so a POST that fails is simply lost (ebxml-transport §1).
+resent: the CP-IS reply route is express, so a POST that fails is simply lost (docs/protocol.md#p2).
 
 Blocking sockets in threads rather than the event loop's streams: the TLS handshake and record layer then run
 in C without the GIL, which costs the simulator about half the CPU per reply (a handshake per reply is most of

@@ -47,9 +47,9 @@ STATS_PATH = "/_sim/stats"
 RESET_PATH = "/_sim/reset"
 
 # The detector keeps its own literal rather than importing the client's constant: a client bug that changed
-# the constant must still be caught here (decision a).
+# the constant must still be caught here (docs/decisions.md#d1).
 _SCHEDULED_CARE = ("false",)
-# Spine's query-check error names (cpis-messages §3.1); both are permanent, so the client does not resend.
+# Spine's query-check error names (docs/protocol.md#p5); both are permanent, so the client does not resend.
 _MISSING_DATA_FAULT = "ErrorBase1712.MANDATORY_DATA_MISSING"
 _BAD_SENDER_FAULT = "ErrorBase1732.INVALID_COMM_FUNC_SND"
 _ASID = re.compile(r"[0-9]{12}", re.ASCII)

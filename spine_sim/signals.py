@@ -1,4 +1,4 @@
-"""What Spine answers on the HTTP response when it refuses a query (ebxml-transport §3).
+"""What Spine answers on the HTTP response when it refuses a query (docs/protocol.md#p8).
 
 A SOAP fault (HTTP 500) for a processing error, or a synchronous ebXML MessageError for an envelope it
 rejects. The client only classifies these; only the simulator builds them.

@@ -6,7 +6,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-# Spine would judge our rate by arrivals in any 1-second window (decision e).
+# Spine would judge our rate by arrivals in any 1-second window (docs/decisions.md#d7).
 RATE_WINDOW_S = 1.0
 
 

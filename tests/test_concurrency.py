@@ -1,4 +1,4 @@
-"""POST concurrency follows the rate and the measured busy time, within the hard cap (decision D8)."""
+"""POST concurrency follows the rate and measured busy time, within the hard cap (docs/decisions.md#d8)."""
 
 from __future__ import annotations
 

@@ -431,7 +431,7 @@ def test_utc_timestamp() -> None:
         utc_timestamp(datetime(2025, 7, 1, 10, 0, 5, tzinfo=NoOffset()))
 
 
-# --- tolerant inbound parsing (§4.1) ----------------------------------------------------------------------
+# --- tolerant inbound parsing (docs/protocol.md#p9) -------------------------------------------------------
 
 INBOUND_SOAP = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -673,7 +673,7 @@ def test_mime_errors_surface_as_parse_errors_with_their_reason(
         parse_message(content_type, body)
 
 
-# --- header checks (§4.2) ---------------------------------------------------------------------------------
+# --- header checks (docs/protocol.md#p10) -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("action", sorted(ebxml.REPLY_ACTIONS))
@@ -713,7 +713,7 @@ def test_header_problems_are_reported_in_table_order() -> None:
     )
 
 
-# --- our acknowledgement and MessageError (§4.4) ----------------------------------------------------------
+# --- our acknowledgement and MessageError (docs/protocol.md#p12) ------------------------------------------
 
 
 def test_acknowledgement_layout() -> None:
@@ -843,7 +843,7 @@ def test_values_with_markup_are_escaped_not_injected() -> None:
     assert root.findtext(".//eb:Description", namespaces=NS) == "<b>&"
 
 
-# --- Spine's synchronous answer (§3) ----------------------------------------------------------------------
+# --- Spine's synchronous answer (docs/protocol.md#p8) -----------------------------------------------------
 
 
 def _spine_message_error(

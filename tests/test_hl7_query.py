@@ -93,7 +93,7 @@ def query_schema() -> xmlschema.XMLSchema10:
     return xmlschema.XMLSchema10(str(QUERY_XSD), validation="lax")
 
 
-# --- timestamps (decision f) -------------------------------------------------------------------
+# --- timestamps (docs/decisions.md#d5) ---------------------------------------------------------
 
 
 def test_format_uses_london_summer_time() -> None:
@@ -171,7 +171,7 @@ def test_format_then_parse_gives_london_wall_clock(moment: datetime) -> None:
     assert parse_hl7_ts(format_hl7_ts(moment)) == expected
 
 
-# --- responsible person's name (decision c) ----------------------------------------------------
+# --- responsible person's name (docs/decisions.md#d3) ------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -215,7 +215,7 @@ Q_ID = "0B1E2D3C-4A5B-4C6D-8E7F-9A0B1C2D3E4F"
 
 
 def _expected_query(*, message_id: str, query_id: str, nhs_number: str, stamp: str, name: str) -> bytes:
-    """The whole query, byte for byte (messages §3.5 skeleton with our values)."""
+    """The whole query, byte for byte (docs/protocol.md#p5 with our values)."""
     asid = '<id root="1.2.826.0.1285.0.2.0.107" extension="{}"/>'
     device = '<device classCode="DEV" determinerCode="INSTANCE">' + asid + "</device>"
     return (
@@ -492,7 +492,7 @@ def test_schema_rejects_lowercase_ids_so_the_validation_is_real(query_schema: xm
     assert list(query_schema.iter_errors(root))
 
 
-# --- the send guard (decision a) ---------------------------------------------------------------
+# --- the send guard (docs/decisions.md#d1) -----------------------------------------------------
 
 
 def test_guard_accepts_a_built_query() -> None:

@@ -1,4 +1,7 @@
-"""Reply builders of the simulated Spine and the client's tolerant reply parser (messages §4, §5, §7)."""
+"""Reply builders of the simulated Spine and the client's tolerant reply parser.
+
+See docs/protocol.md#p13, docs/protocol.md#p14 and docs/protocol.md#p16.
+"""
 
 from __future__ import annotations
 
@@ -489,7 +492,7 @@ def test_a_quqi_is_read_into_the_whole_record() -> None:
     )
 
 
-# --- tolerant parsing: one test per row of messages §7 -----------------------------------------
+# --- tolerant parsing: one test per row of docs/protocol.md#p16 --------------------------------
 
 
 def test_several_queries_in_one_access_container_are_all_read() -> None:
@@ -665,7 +668,7 @@ def test_that_deviating_reply_is_indeed_schema_invalid(repc_schema: xmlschema.XM
     assert isinstance(parse_reply(edited(repc(), lowercase_id)), QueryResponse)
 
 
-# --- not-found rules (messages §5) -------------------------------------------------------------
+# --- not-found rules (docs/protocol.md#p14) ----------------------------------------------------
 
 
 def test_nf_response_code_means_not_found() -> None:

@@ -9,7 +9,6 @@ import anyio.lowlevel
 import httpx
 import pytest
 
-from batch.pki import make_untrusted_client
 from batch.store import Store, StoreError
 from spine_sim.reply_client import ReplyClient, ReplyPostError
 from tests.inbound_support import (
@@ -24,6 +23,7 @@ from tests.inbound_support import (
     request_head,
     serving,
 )
+from tests.pki_support import make_untrusted_client
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""NHS number validation (spec nhs-number.md): examples, edge cases, properties and an independent oracle.
+"""NHS number validation: examples, edge cases, properties and an independent oracle.
 
-Literal numbers here come from the 999 range, plus the spec's own worked example (943 476 5919) and its
-same-digit example. Numbers in other ranges are generated from random stems at test time.
+See docs/decisions.md#d13 and docs/decisions.md#d14. Literal numbers here come from the 999 range, plus the
+worked example of docs/decisions.md#d13 (943 476 5919) and a same-digit example. Numbers in other ranges are
+generated from random stems at test time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 
 
 def check_value(stem: str) -> int:
-    """Spec §2 step by step, branches and all (the module under test uses the compact form)."""
+    """The modulus 11 check of docs/decisions.md#d13 step by step, branches and all (the module under test
+    uses the compact form)."""
     total = sum(int(d) * w for d, w in zip(stem, WEIGHTS, strict=True))
     c = 11 - total % 11
     return 0 if c == 11 else c
@@ -67,7 +69,7 @@ def valid_number(low: int, high: int) -> st.SearchStrategy[str]:
     return stems_between(low, high).map(lambda s: with_check(s) or "").filter(lambda n: len(set(n)) > 1)
 
 
-# --- spec §6 mapping -------------------------------------------------------------------------------------
+# --- reason mapping (docs/decisions.md#d13) --------------------------------------------------------------
 
 
 def test_reason_mapping_matches_spec() -> None:
@@ -85,7 +87,7 @@ def test_reason_mapping_matches_spec() -> None:
     }
 
 
-# --- spec §3 worked examples and §4 edge cases -----------------------------------------------------------
+# --- worked examples and edge cases (docs/decisions.md#d13) ----------------------------------------------
 
 EXAMPLES: list[tuple[str | None, str | None, str | None, tuple[str, ...]]] = [
     # value, expected number, expected reason, expected warnings (simulated profile)
@@ -140,7 +142,7 @@ def test_examples(
 
 
 def test_worked_example_sums() -> None:
-    # The S column of spec §3, recomputed.
+    # The weighted sums of the worked examples (docs/decisions.md#d13), recomputed.
     assert sum(int(d) * w for d, w in zip("943476591", WEIGHTS, strict=True)) == 299
     assert sum(int(d) * w for d, w in zip("999123401", WEIGHTS, strict=True)) == 295
     assert sum(int(d) * w for d, w in zip("999123402", WEIGHTS, strict=True)) == 297
@@ -166,7 +168,7 @@ def test_char_class_escapes_every_character() -> None:
 
 
 def test_check_value_takes_a_stem_of_exactly_nine_digits() -> None:
-    assert _check_value("943476591") == 9  # the spec's worked example, 943 476 5919
+    assert _check_value("943476591") == 9  # the worked example of docs/decisions.md#d13, 943 476 5919
     assert _check_value("400000000") == 4
     for stem in ("94347659", "9434765919"):
         with pytest.raises(ValueError, match=r"^zip\(\) argument 2 is (longer|shorter) than argument 1$"):
@@ -180,7 +182,7 @@ def test_is_valid_modulus11_needs_ten_ascii_digits(digits: str) -> None:
     assert not is_valid_modulus11(digits)
 
 
-# --- profiles and ranges (spec §5) -----------------------------------------------------------------------
+# --- profiles and ranges (docs/decisions.md#d14) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("profile", ["simulated", "test"])
@@ -267,7 +269,7 @@ def test_999_range_against_reference_library(stem: str) -> None:
         number = f"{stem}{d}"
         ours = validate(number, "test")
         if number == "9999999999":
-            # The library accepts same-digit numbers unless a region is given; the spec rejects them.
+            # The library accepts same-digit numbers without a region; docs/decisions.md#d13 rejects them.
             assert oracle.is_valid(number) and ours.reason == "same_digit"
         else:
             assert ours.ok == oracle.is_valid(number)

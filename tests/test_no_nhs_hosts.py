@@ -1,4 +1,4 @@
-"""Decision (g): no code default names an NHS host; only the two identifier constants mention one."""
+"""docs/decisions.md#d12: no code default names an NHS host; only the two identifier constants mention one."""
 
 import re
 from pathlib import Path

@@ -1,4 +1,7 @@
-"""What each business reply means for the child (cpis-messages §5, §8; decision h). Whole verdicts compared."""
+"""What each business reply means for the child; whole verdicts compared.
+
+See docs/protocol.md#p14, docs/protocol.md#p17 and docs/decisions.md#d15.
+"""
 
 from datetime import datetime
 

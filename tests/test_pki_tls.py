@@ -17,16 +17,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from batch.pki import DevPki, make_dev_pki, make_untrusted_client
+from batch.pki import DevPki, make_dev_pki
 from batch.tls import (
     CIPHERS,
     TlsConfigError,
     client_context,
-    days_until_expiry,
     expiry_warning,
     server_context,
 )
 from spine_sim import tls as sim_tls
+from tests.pki_support import days_until_expiry, make_untrusted_client
 
 # Guards against a hang if a handshake never completes; not a timing assertion.
 SAFETY_TIMEOUT_S = 20

@@ -29,7 +29,7 @@ def _expand(code: str) -> list[str]:
 
 
 def _documented() -> set[tuple[str, str]]:
-    """(outcome, reason) for every code in README's outcome table and decision D18's tables."""
+    """(outcome, reason) for every code in README's outcome table and the tables of docs/decisions.md#d18."""
     codes: set[tuple[str, str]] = set()
     readme = (REPO / "README.md").read_text()
     decisions = (REPO / "docs" / "decisions.md").read_text()

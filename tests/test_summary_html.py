@@ -317,7 +317,7 @@ def test_the_builder_escapes_what_it_did_not_build() -> None:
 
 
 def _png(rows: list[bytes], width: int, filters: list[int]) -> bytes:
-    """An RGB PNG whose rows are stored with the given filter types (the forward filters of PNG §9)."""
+    """An RGB PNG whose rows are stored with the given filter types (PNG specification section 9 filters)."""
     channels, raw, previous = 3, bytearray(), bytes(width * 3)
     for row, kind in zip(rows, filters, strict=True):
         out = bytearray([kind])

@@ -15,6 +15,20 @@ from batch.exits import Exit
 log = logging.getLogger("batch")
 
 
+def _job_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    job_help: str = "job file (TOML)",
+) -> argparse.ArgumentParser:
+    """A subcommand that takes a job file as its first argument; `summary` is its line in `--help`."""
+    command = sub.add_parser(name, help=summary, description=description)
+    command.add_argument("job", type=Path, help=job_help)
+    return command
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cpis-batch",
@@ -30,65 +44,66 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
+    _job_command(
+        sub,
         "run",
-        help="run a job file",
+        summary="run a job file",
         description="Read the job's clinic lists, query CP-IS for every distinct valid child and write reports. "
         "Exit 0 when every row reached a final outcome, 1 when some rows ended error/no_reply, "
         "2 for bad configuration or input or an unsafe folder, 70 for an internal failure (the run is marked "
         "failed and the same command resumes it), 75 when another run of the same job holds the lock.",
+        job_help="job file (TOML); relative paths in it are relative to the file",
     )
-    run.add_argument("job", type=Path, help="job file (TOML); relative paths in it are relative to the file")
 
-    check = sub.add_parser(
+    _job_command(
+        sub,
         "check",
-        help="check a job file, its inputs, certificates, ports and Spine, sending no query",
+        summary="check a job file, its inputs, certificates, ports and Spine, sending no query",
         description="Preflight: the job file, the input lists' columns, the certificate and key, the inbound "
         "port, a mutual-TLS handshake with Spine (nothing sent after it) and the output and state folders. "
         "One line per check (OK, WARN or FAIL); exit 0 when nothing failed, else 2.",
     )
-    check.add_argument("job", type=Path, help="job file (TOML)")
 
-    status = sub.add_parser(
+    status = _job_command(
+        sub,
         "status",
-        help="show the current or last run and the last 7 runs of a job",
+        summary="show the current or last run and the last 7 runs of a job",
         description="Read the job's state file (read-only; works while a run is going, without its lock): the "
         "current or last run's progress, outcomes, outstanding children and ETA, and the last 7 runs.",
     )
-    status.add_argument("job", type=Path, help="job file (TOML)")
     status.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
-    purge = sub.add_parser(
+    _job_command(
+        sub,
         "purge",
-        help="drop raw Spine messages older than [retention] raw_days",
+        summary="drop raw Spine messages older than [retention] raw_days",
         description="Drop the raw Spine messages (which hold names, dates of birth and plans) of runs older than "
         "the job's [retention] raw_days, keeping outcomes and the audit trail; every run does this too.",
     )
-    purge.add_argument("job", type=Path, help="job file (TOML)")
 
-    report = sub.add_parser(
+    report = _job_command(
+        sub,
         "report",
-        help="write a run's reports again, from the state",
+        summary="write a run's reports again, from the state",
         description="Write a complete run's reports again from the state file into a new folder "
         "(output_dir/report-<run>-<UTC time>/), equal to the originals; reads only (no lock needed). "
         "Exit 2 when the run cannot be reported again.",
     )
-    report.add_argument("job", type=Path, help="job file (TOML)")
     report.add_argument(
         "--run",
         metavar="ID",
         help="the run id, or its first 8 characters or more (default: the last complete run)",
     )
 
-    audit = sub.add_parser(
+    audit = _job_command(
+        sub,
         "audit",
-        help="export the audit trail of the queries sent",
+        summary="export the audit trail of the queries sent",
         description="Export every CP-IS query sent from --since to --until (whole days in Europe/London, both "
         "included): when, message id, NHS number, our ASID and ODS code, the responsible person, why (source "
         "file and row, clinic, appointment date) and the child's outcome. The export is written privately and "
         "recorded in the audit trail (who ran it, counts). Exit 2 for a bad argument.",
     )
-    audit.add_argument("job", type=Path, help="job file (TOML)")
     audit.add_argument("--since", required=True, metavar="DATE", help="first day (YYYY-MM-DD)")
     audit.add_argument("--until", required=True, metavar="DATE", help="last day (YYYY-MM-DD)")
     audit.add_argument("--nhs-number", metavar="N", help="only the queries about this child")

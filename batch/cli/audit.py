@@ -1,5 +1,5 @@
 """`cpis-batch audit JOB.toml --since DATE --until DATE [--nhs-number N] --format csv|parquet --output FILE`:
-the audit trail of the queries sent, for information governance (docs/decisions.md, "Audit trail")."""
+the audit trail of the queries sent, for information governance (docs/decisions.md#d23)."""
 
 from __future__ import annotations
 

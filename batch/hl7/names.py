@@ -1,4 +1,4 @@
-"""Person names as the HL7 `PN` parts the device author needs (decision c)."""
+"""Person names as the HL7 `PN` parts the device author needs (docs/decisions.md#d3)."""
 
 from dataclasses import dataclass
 

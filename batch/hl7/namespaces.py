@@ -1,4 +1,4 @@
-"""Namespaces, interaction names and OIDs of the CP-IS HL7 V3 messages (cpis-messages §1, §2)."""
+"""Namespaces, interaction names and OIDs of the CP-IS HL7 V3 messages (docs/protocol.md#p1)."""
 
 from typing import Final
 

@@ -1,4 +1,4 @@
-"""Reading the `CP-ISNHSQueryResponse` payload tolerantly (messages §4.2-§4.6, §7)."""
+"""Reading the `CP-ISNHSQueryResponse` payload tolerantly (docs/protocol.md#p13, docs/protocol.md#p16)."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +26,7 @@ class Payload:
 
 
 def read_payloads(payloads: list[etree._Element], warnings: WarningLog) -> Payload:
-    """Every record and access entry in every container of every payload (messages §7: iterate)."""
+    """Every record and access entry in every container of every payload (docs/protocol.md#p16: iterate)."""
     records = tuple(
         _record(record, warnings)
         for payload in payloads
@@ -189,7 +189,7 @@ def _subject(slots: list[etree._Element], warnings: WarningLog) -> tuple[str, tu
         else:
             nodes = every(template, "parentMotherPerson", "playedMother", "id")
         if not nodes:
-            # Allowed (messages §7): the caller falls back to the attempt's NHS number.
+            # Allowed (docs/protocol.md#p16): the caller falls back to the attempt's NHS number.
             warnings.add(f"{kind}_id_missing")
         ids[kind].extend(
             number

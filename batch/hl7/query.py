@@ -1,4 +1,4 @@
-"""The CP-IS NHS Query `QUPC_IN000006GB01` (messages §3): builder and send guard."""
+"""The CP-IS NHS Query `QUPC_IN000006GB01` (docs/protocol.md#p5): builder and send guard."""
 
 import re
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ from batch.hl7.timestamps import format_hl7_ts
 from batch.hl7.xmlbuild import hl7_root, serialise, sub, template_slot
 from batch.xmlsafe import XmlError, parse_xml
 
-# Decision (a): every query is a scheduled-care "silent read". This constant is the only source of
+# Every query is a scheduled-care "silent read" (docs/decisions.md#d1). This constant is the only source of
 # the value; nothing in the builder's signature can change or omit it.
 SCHEDULED_CARE_FLAG: Final = "false"
 
@@ -36,7 +36,7 @@ _VALUE_TAG = f"{{{HL7_NS}}}value"
 
 @dataclass(frozen=True)
 class Sender:
-    """Our system and the person nominated as responsible for its queries (decision c)."""
+    """Our system and the person nominated as responsible for its queries (docs/decisions.md#d3)."""
 
     asid: str
     ods_code: str
@@ -73,7 +73,7 @@ class QueryTemplate:
         _communication_function(root, "communicationFunctionRcv", "RCV", spine_asid)
         _communication_function(root, "communicationFunctionSnd", "SND", sender.asid)
 
-        # No ControlActEvent/author: the query is system-initiated (decision c); author1 names our system.
+        # No ControlActEvent/author: the system initiates the query (docs/decisions.md#d3); author1 names it.
         control_act = sub(root, "ControlActEvent", classCode="CACT", moodCode="EVN")
         agent = sub(sub(control_act, "author1", typeCode="AUT"), "AgentSystemSDS", classCode="AGNT")
         system = sub(agent, "agentSystemSDS", classCode="DEV", determinerCode="INSTANCE")
@@ -90,7 +90,7 @@ class QueryTemplate:
         self._root = root
 
     def render(self, *, nhs_number: str, message_id: str, query_id: str, now: datetime) -> bytes:
-        """The query as UTF-8 bytes with an XML declaration, shaped exactly like the §3.5 skeleton.
+        """The query as UTF-8 bytes with an XML declaration, shaped exactly like docs/protocol.md#p5.
 
         Raises ValueError for an NHS number that is not 10 digits or an id that is not an uppercase UUID.
         """
@@ -154,7 +154,7 @@ def _communication_function(root: etree._Element, tag: str, type_code: str, asid
 
 
 def _device_author(author: etree._Element, sender: Sender) -> None:
-    """`COCT_TP145104GB01.System` with exactly one responsible person (messages §3.3)."""
+    """`COCT_TP145104GB01.System` with exactly one responsible person (docs/protocol.md#p6)."""
     system = template_slot(author, "COCT_TP145104GB01.System")
     sub(system, "id", root=OID_ASID, extension=sender.asid)
     entity = sub(sub(system, "indirectAuthority"), "superiorAssignedEntity")

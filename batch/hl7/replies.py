@@ -1,4 +1,4 @@
-"""Reading Spine's replies tolerantly (messages §4, §5, §7).
+"""Reading Spine's replies tolerantly (docs/protocol.md#p13, docs/protocol.md#p14, docs/protocol.md#p16).
 
 `parse_reply` raises only for bytes that are not XML or hold no interaction we know; every other
 deviation becomes a short, data-free warning on the result.

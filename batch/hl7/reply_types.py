@@ -1,4 +1,4 @@
-"""Typed results of reading a reply (messages §4, §5). Plain frozen data, no XML."""
+"""Typed results of reading a reply (docs/protocol.md#p13, docs/protocol.md#p14). Plain frozen data."""
 
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -48,7 +48,7 @@ class CpRecord:
     plans: tuple[Plan, ...]
     subject_kind: str  # "child" | "unborn"
     # NHS-number ids of the child, or of the mother (playedMother) for an unborn child. Empty when
-    # the reply leaves them out (messages §7): the caller then uses the attempt's NHS number.
+    # the reply leaves them out (docs/protocol.md#p16): the caller then uses the attempt's NHS number.
     subject_ids: tuple[str, ...]
 
 

@@ -1,4 +1,7 @@
-"""HL7 V3 timestamps: 14 digits of UK local time out, anything reasonable in (decision f, messages §7)."""
+"""HL7 V3 timestamps: 14 digits of UK local time out, anything reasonable in.
+
+See docs/decisions.md#d5 and docs/protocol.md#p16.
+"""
 
 import re
 from datetime import datetime
@@ -20,7 +23,7 @@ def format_hl7_ts(moment: datetime) -> str:
 def parse_hl7_ts(value: str | None) -> datetime | None:
     """A naive local datetime, or None for anything unreadable. Never raises.
 
-    An offset (NHS test data carries `+0000`) is dropped, not applied: decision f takes every HL7
+    An offset (NHS test data carries `+0000`) is dropped, not applied: docs/decisions.md#d5 takes every HL7
     time as UK local time, so all times compare on one clock.
     """
     if not isinstance(value, str):

@@ -23,7 +23,7 @@ def sub(parent: etree._Element, tag: str, /, text: str | None = None, **attrs: s
 
 
 def template_slot(parent: etree._Element, template: str) -> etree._Element:
-    """The `npfitlc:contentId` marker, then the template element itself (messages §2 "Template slot")."""
+    """The `npfitlc:contentId` marker, then the template element (docs/protocol.md#p1, "Template slot")."""
     marker = etree.SubElement(parent, f"{{{NPFIT_NS}}}contentId")
     marker.set("root", OID_TEMPLATE_CONTENT_ID)
     head, _, tail = template.rpartition(".")

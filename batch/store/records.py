@@ -24,7 +24,7 @@ class Run:
 
 @dataclass(frozen=True)
 class AttemptRef:
-    """The identifiers of one attempt and the child it asks about (decision f: M, C and Q)."""
+    """The identifiers of one attempt and the child it asks about (docs/decisions.md#d4: M, C and Q)."""
 
     message_id: str
     run_id: str

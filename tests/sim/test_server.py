@@ -15,13 +15,14 @@ from lxml import etree
 from batch.ebxml import EB_NS, SERVICE, Rejected, classify_sync_answer
 from batch.hl7 import AppAcknowledgement, QueryFailed, QueryResponse, parse_reply
 from batch.ids import new_id
-from batch.pki import DevPki, make_untrusted_client
+from batch.pki import DevPki
 from batch.tls import client_context
 from batch.xmlsafe import parse_xml
 from spine_sim.arrivals import Arrival
 from spine_sim.faults import FaultConfig, FaultDecider
 from spine_sim.server import QUERY_PATH, RESET_PATH, STATS_PATH
 from spine_sim.stats import SimStats
+from tests.pki_support import make_untrusted_client
 from tests.sim.harness import (
     CLIENT_PARTY,
     FLAGGED,
@@ -171,7 +172,7 @@ async def test_hl7_acknowledgements_refer_to_the_hl7_message_id(pki: DevPki) -> 
     assert reply_of(received).message_ref == hl7_id
 
 
-# --- decision (a): the local-authority notification detector --------------------------------------------------
+# --- docs/decisions.md#d1: the local-authority notification detector ----------------------------------------
 
 
 def _edit_flag(change: Callable[[etree._Element, etree._Element], None]) -> Callable[[bytes], bytes]:

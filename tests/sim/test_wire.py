@@ -289,7 +289,7 @@ def test_the_client_reads_the_simulators_reply_envelope() -> None:
     assert message.soap_action == "urn:nhs:names:services:cpisquery/QUQI_IN010000UK14"
     assert message.header == MessageHeader(**vars(header))
     soap = parse_xml(body.split(b"\r\n\r\n", 1)[1].split(b"\r\n----=_MIME-Boundary", 1)[0])
-    # Express route: neither SyncReply nor AckRequested on the reply leg (ebxml-transport §4.1).
+    # Express route: neither SyncReply nor AckRequested on the reply leg (docs/protocol.md#p2).
     assert soap.find("SOAP:Header/eb:SyncReply", NS) is None
     assert soap.find("SOAP:Header/eb:AckRequested", NS) is None
 
