@@ -9,6 +9,7 @@ PY_SRC := batch spine_sim tests bench
 TOOLS  := .venv-tools
 UV_VERSION        := 0.13.9
 PIP_AUDIT_VERSION := 2.10.1
+PY_SPY_VERSION    := 0.4.3
 
 .PHONY: run test lint typecheck bench certs lock audit clean mutation
 
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml requirements.lock
 run: $(STAMP)
 	$(BIN)/python -m spine_sim.demo $(JOB)
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS)/profile/bin/py-spy
 	$(BIN)/ruff check $(PY_SRC)
 	$(BIN)/mypy batch
 	$(BIN)/python -m pytest
@@ -37,7 +38,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy batch
 
-bench: $(STAMP)
+# Every performance figure beside its goal (bench/README.md); BENCH_SIZE=0.1 for a quick look. py-spy, for the
+# CPU breakdown, lives in a venv of its own: it is a tool, not a dependency.
+$(TOOLS)/profile/bin/py-spy:
+	$(PYTHON) -m venv $(TOOLS)/profile
+	$(TOOLS)/profile/bin/python -m pip install --quiet 'py-spy==$(PY_SPY_VERSION)'
+
+bench: $(STAMP) $(TOOLS)/profile/bin/py-spy
 	$(BIN)/python bench/run.py
 
 # Mutation testing (issue 8; not in CI, it takes long): each module listed in tools/mutation.toml against its

@@ -1,0 +1,405 @@
+"""`make bench`: every figure the performance and crash issues ask for, measured in one run, beside its goal.
+
+Runs the simulated Spine and the client as real processes over real mutual TLS. Rates are read from the
+simulator's arrival log: (n - 1) / (last - first) over at least 20 s, and `max_in_1s` is the most arrivals in
+any window [t, t + 1). CPU is the client's own rusage (no child processes) divided by children; RSS is the
+VmHWM of the process concerned (see bench/probe.py). The CPU breakdown comes from a separate run under py-spy
+(bench/profile.py). `BENCH_SIZE` (default 1) scales every run down; the smoke test in `make test` runs it at a
+tiny size and checks only that every figure is there. Nothing here asserts a speed: figures are printed beside
+their goals and written to bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import polars as pl  # noqa: E402
+
+from batch.pki import make_dev_pki  # noqa: E402
+from batch.ratelimit import max_in_window  # noqa: E402
+from bench.profile import breakdown  # noqa: E402
+from spine_sim.arrivals import Arrival  # noqa: E402
+from spine_sim.dataset import generate_dataset  # noqa: E402
+from spine_sim.jobfile import free_port, job_tables, write_job  # noqa: E402
+from spine_sim.process import SimProcess, running_sim  # noqa: E402
+
+RESULTS = REPO / "bench" / "results.json"
+PY_SPY = REPO / ".venv-tools" / "profile" / "bin" / "py-spy"
+RUN_SECONDS = 20.0
+RATES = (5, 20, 50, 100, 200)
+LOW_RATES = (5, 20, 50)  # cheap on CPU: measured side by side, each against its own simulator
+HIGH_RATE = 1000  # "as fast as the machine goes" for the memory runs; the cap protects nothing here
+MEMORY_SIZES = {"run_10k": 10_000, "run_100k": 100_000}
+
+
+@dataclass(frozen=True)
+class Probe:
+    cpu_s: float
+    peak_rss_mib: float
+    wall_s: float
+
+
+class Bench:
+    def __init__(self, folder: Path, size: float) -> None:
+        self.folder = folder
+        self.size = size
+        self.pki = make_dev_pki(folder / "pki").directory
+        self._dataset: tuple[Path, list[str]] | None = None
+
+    def seconds(self, full: float) -> float:
+        return max(1.0, full * self.size)
+
+    def count(self, full: int) -> int:
+        return max(20, int(full * self.size))
+
+    def numbers(self, children: int) -> tuple[Path, list[str]]:
+        """One dataset for every run, as large as the largest; each run takes the first `children`."""
+        if self._dataset is None:
+            largest = max(
+                self.count(max(MEMORY_SIZES.values())), int(max(RATES) * self.seconds(RUN_SECONDS)) + 1
+            )
+            dataset = generate_dataset(largest, seed=9)
+            path = self.folder / "dataset.json"
+            dataset.dump(path)
+            self._dataset = (path, sorted(dataset.nhs_numbers()))
+        path, numbers = self._dataset
+        return path, numbers[:children]
+
+    def job(self, name: str, numbers: list[str], sim: SimProcess, port: int, **limits: object) -> Path:
+        folder = self.folder / name
+        folder.mkdir()
+        pl.DataFrame({"NHS No": numbers, "Appointment Date": ["20/01/2027"] * len(numbers)}).write_csv(
+            folder / "list.csv"
+        )
+        tables = job_tables(
+            tmp=folder,
+            pki=self.pki,
+            inputs="list.csv",
+            spine_url=f"{sim.url}/reliablemessaging/reliablerequest",
+            inbound_port=port,
+        )
+        tables["limits"].update({"max_in_flight": 1000, "reply_timeout_s": 60, **limits})
+        return write_job(folder / "job.toml", tables)
+
+    def client(
+        self, job: Path, *, kill_when: Callable[[], None] | None = None, profiler: Path | None = None
+    ) -> Probe | None:
+        """Run `cpis-batch run job` under the probe; with `kill_when`, SIGKILL it once that returns. With
+        `profiler`, py-spy records it (raw samples to `profiler`)."""
+        out = job.parent / f"probe-{time.monotonic_ns()}.json"
+        command = [sys.executable, str(REPO / "bench" / "probe.py"), "batch", "--log-level", "WARNING", "run"]
+        command.append(str(job))
+        if profiler is not None:
+            spy = [str(PY_SPY), "record", "--nonblocking", "--rate", "100", "--format", "raw"]
+            command = [*spy, "--output", str(profiler), "--", *command]
+        proc = subprocess.Popen(
+            command,
+            env={**os.environ, "BENCH_PROBE_OUT": str(out)},
+            stdout=subprocess.DEVNULL,
+            stderr=(job.parent / "client.log").open("a"),
+            cwd=REPO,
+        )
+        if kill_when is not None:
+            try:
+                kill_when()
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            return None
+        code = proc.wait()
+        if code not in (0, 1) or not (job.parent / "out" / "latest" / "summary.json").exists():
+            raise RuntimeError(f"the client exited {code}: {(job.parent / 'client.log').read_text()[-2000:]}")
+        figures = json.loads(out.read_text())
+        return Probe(figures["cpu_s"], figures["peak_rss_mib"], figures["wall_s"])
+
+
+def _sim_cpu_s(sim: SimProcess) -> float:
+    fields = Path(f"/proc/{sim.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rate(arrivals: list[Arrival], configured: float) -> dict[str, float]:
+    times = sorted(a.t for a in arrivals)
+    achieved = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+    return {
+        "ratio": round(achieved / configured, 4),
+        "max_in_1s": max_in_window(times, 1.0),
+        "achieved_per_s": round(achieved, 2),
+        "seconds": round(times[-1] - times[0], 2) if times else 0.0,
+    }
+
+
+def client_run(
+    bench: Bench,
+    name: str,
+    children: int,
+    rate: float,
+    *,
+    sim_args: tuple[str, ...] = (),
+    profiler: Path | None = None,
+    **limits: object,
+) -> dict[str, Any]:
+    """One whole run against a fresh simulator: rate at Spine, client CPU and RSS, simulator CPU."""
+    dataset, numbers = bench.numbers(children)
+    port = free_port()
+    with running_sim(
+        pki_dir=bench.pki,
+        dataset=dataset,
+        reply_url=f"https://127.0.0.1:{port}/cpis/replies",
+        extra_args=["--latency-ms", "20", *sim_args],
+    ) as sim:
+        job = bench.job(name, numbers, sim, port, rate_per_second=rate, **limits)
+        probe = bench.client(job, profiler=profiler)
+        assert probe is not None
+        arrivals = sim.arrivals()
+        sim_cpu = _sim_cpu_s(sim)
+    summary = json.loads((job.parent / "out" / "latest" / "summary.json").read_text())
+    figures = _rate(arrivals, rate)
+    figures.update(
+        children=len(numbers),
+        client_cpu_ms_per_child=round(1000 * probe.cpu_s / len(numbers), 3),
+        sim_cpu_ms_per_child=round(1000 * sim_cpu / len(numbers), 3),
+        client_peak_rss_mib=round(probe.peak_rss_mib, 1),
+        wall_s=round(probe.wall_s, 1),
+        post_concurrency_peak=summary["this_process"]["post_concurrency_peak"],
+    )
+    return figures
+
+
+def rate_run(bench: Bench, rate: float, **kwargs: Any) -> dict[str, Any]:
+    children = int(rate * bench.seconds(RUN_SECONDS)) + 1
+    return client_run(bench, kwargs.pop("name", f"rate-{rate:g}"), children, rate, **kwargs)
+
+
+def restart_run(bench: Bench, rate: float = 50.0) -> dict[str, float]:
+    """Kill a run half way (Spine has seen half the children), restart it, and time the restart."""
+    children = int(rate * bench.seconds(RUN_SECONDS)) + 1
+    dataset, numbers = bench.numbers(children)
+    port = free_port()
+    with running_sim(
+        pki_dir=bench.pki,
+        dataset=dataset,
+        reply_url=f"https://127.0.0.1:{port}/cpis/replies",
+        extra_args=["--latency-ms", "500"],
+    ) as sim:
+        # Old attempts whose replies died with the killed process are re-queried after reply_timeout_s; the
+        # figures are about the fresh children sent before then, so a short timeout only shortens the tail.
+        job = bench.job("restart", numbers, sim, port, rate_per_second=rate, reply_timeout_s=15)
+        bench.client(job, kill_when=lambda: sim.wait_for_arrivals(children // 2, timeout=300))
+        killed_after = int(sim.stats()["queries_received"])
+        before = sim.wait_for_arrivals(killed_after, timeout=30)
+        restarted = time.time()
+        bench.client(job)
+        arrivals = sim.arrivals()[len(before) :]
+    seen = {a.nhs_number for a in before}
+    fresh = [a for a in arrivals if a.nhs_number not in seen]
+    first = fresh[0].t
+    window = [a for a in arrivals if first <= a.t < first + 10.0]
+    return {
+        "first_fresh_query_s": round(first - restarted, 3),
+        "ratio_first_10s": _rate(window, rate)["ratio"],
+        "killed_after_queries": killed_after,
+    }
+
+
+def memory_runs(bench: Bench) -> tuple[dict[str, float], dict[str, Any]]:
+    """Peak RSS of whole runs at a high rate, Spine reusing its connections (the keep-alive CPU figure too)."""
+    figures: dict[str, Any] = {}
+    for key, full in MEMORY_SIZES.items():
+        figures[key] = client_run(
+            bench,
+            key,
+            bench.count(full),
+            HIGH_RATE,
+            sim_args=("--reply-connections", "reuse"),
+            max_concurrent_posts=64,
+        )
+    return {key: run["client_peak_rss_mib"] for key, run in figures.items()}, figures
+
+
+def read_validate(bench: Bench) -> dict[str, float]:
+    """Peak RSS of reading and validating a 1M-row clinic list (a process of its own)."""
+    rows = bench.count(1_000_000)
+    rng = random.Random(7)
+    path = bench.folder / "list-1m.csv"
+    digits = [f"{rng.randrange(10**9, 10**10)}" for _ in range(rows)]
+    pl.DataFrame(
+        {
+            "NHS No": [f"{d[:3]} {d[3:6]} {d[6:]}" if i % 3 == 0 else d for i, d in enumerate(digits)],
+            "Surname": ["SMITH"] * rows,
+            "Forename": ["ALEX"] * rows,
+            "Date of Birth": ["01/02/2015"] * rows,
+            "Appointment Date": ["20/01/2027"] * rows,
+            "Clinic": ["Paediatrics"] * rows,
+        }
+    ).write_csv(path)
+    out = bench.folder / "probe-read.json"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "probe.py"), "read-validate", str(path)],
+        env={**os.environ, "BENCH_PROBE_OUT": str(out)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    figures = json.loads(out.read_text())
+    return {
+        "rows": rows,
+        "peak_rss_mib": round(figures["peak_rss_mib"], 1),
+        "seconds": round(figures["wall_s"], 2),
+    }
+
+
+def nhs_check(bench: Bench) -> dict[str, float]:
+    """Rows per second through our vectorised NHS number check, and against the `nhs-number` package per row."""
+    import nhs_number
+
+    from batch.nhs_number import nhs_number_expr
+
+    rows = bench.count(1_000_000)
+    rng = random.Random(11)
+    values = [f"{rng.randrange(10**9, 10**10)}" for _ in range(rows)]
+    frame = pl.DataFrame({"nhs": values})
+    ours = min(_timed(lambda: frame.select(nhs_number_expr("nhs"))) for _ in range(3))
+    sample = values[: min(rows, 200_000)]
+    theirs = min(_timed(lambda: [nhs_number.is_valid(v) for v in sample]) for _ in range(2))
+    ours_rate = rows / ours
+    theirs_rate = len(sample) / theirs
+    return {"rows_per_s": round(ours_rate), "ratio_vs_nhs_number_package": round(ours_rate / theirs_rate, 2)}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def profile_run(bench: Bench) -> dict[str, float]:
+    """A separate 100/s run under py-spy; its samples share out that run's CPU per child by component."""
+    if not PY_SPY.exists():
+        raise SystemExit(f"{PY_SPY} is missing: `make bench` installs it (py-spy, in its own venv)")
+    samples = bench.folder / "profile.txt"
+    run = rate_run(bench, 100, name="profile", profiler=samples)
+    return breakdown(samples, run["client_cpu_ms_per_child"])
+
+
+@dataclass(frozen=True)
+class Goal:
+    figure: str
+    goal: str
+    met: Callable[[dict[str, Any]], bool]
+
+
+def _rate_goal(rate: str, ratio: float, key: str = "rates") -> Goal:
+    return Goal(
+        f"{key}.{rate}",
+        f"ratio >= {ratio}, max_in_1s <= {rate}",
+        lambda r: r[key][rate]["ratio"] >= ratio and r[key][rate]["max_in_1s"] <= int(rate),
+    )
+
+
+GOALS = (
+    Goal("client_cpu_ms_per_child", "<= 2.5", lambda r: r["client_cpu_ms_per_child"] <= 2.5),
+    Goal(
+        "client_cpu_ms_per_child_keepalive", "<= 1.5", lambda r: r["client_cpu_ms_per_child_keepalive"] <= 1.5
+    ),
+    *(_rate_goal(str(rate), 0.98) for rate in LOW_RATES),
+    _rate_goal("100", 0.97),
+    _rate_goal("200", 0.95),
+    _rate_goal("50", 0.98, "rates_ack_200ms"),
+    Goal(
+        "restart.ratio_first_10s",
+        "full rate at once (>= 0.95)",
+        lambda r: r["restart"]["ratio_first_10s"] >= 0.95,
+    ),
+    Goal("memory_mib.read_validate_1m", "<= 300", lambda r: r["memory_mib"]["read_validate_1m"] <= 300),
+    Goal(
+        "memory_mib.run_100k",
+        "<= 1.25 x run_10k",
+        lambda r: r["memory_mib"]["run_100k"] <= 1.25 * r["memory_mib"]["run_10k"],
+    ),
+)
+
+
+def _lookup(results: dict[str, Any], dotted: str) -> Any:
+    value: Any = results
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\n{'figure':40} {'value':>34}  {'goal':34} met")
+    for goal in GOALS:
+        value = _lookup(results, goal.figure)
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items() if k in ("ratio", "max_in_1s"))
+        print(f"{goal.figure:40} {value!s:>34}  {goal.goal:34} {'yes' if goal.met(results) else 'NO'}")
+    print(f"{'sim_cpu_ms_per_child':40} {results['sim_cpu_ms_per_child']!s:>34}  {'never the limit':34}")
+    print(f"{'restart.first_fresh_query_s':40} {results['restart']['first_fresh_query_s']!s:>34}")
+    print(f"{'memory_mib.run_10k':40} {results['memory_mib']['run_10k']!s:>34}")
+    print(f"{'nhs_check.rows_per_s':40} {results['nhs_check']['rows_per_s']!s:>34}")
+    print(
+        f"{'nhs_check.ratio_vs_nhs_number_package':40} {results['nhs_check']['ratio_vs_nhs_number_package']!s:>34}"
+    )
+    print("cpu_breakdown_ms_per_child:")
+    for component, ms in results["cpu_breakdown_ms_per_child"].items():
+        print(f"  {component:38} {ms:>34}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where the figures go (JSON)")
+    args = parser.parse_args()
+    size = float(os.environ.get("BENCH_SIZE", "1"))
+    started = time.perf_counter()
+    # The machine's load beside the figures: a busy neighbour shows in every rate and CPU figure.
+    results: dict[str, Any] = {"bench_size": size, "load_average_1m_at_start": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(prefix="cpis-bench-") as tmp:
+        bench = Bench(Path(tmp), size)
+        results["nhs_check"] = nhs_check(bench)
+        read = read_validate(bench)
+        bench.numbers(1)  # the dataset, made once before anything is timed
+        with ThreadPoolExecutor(len(LOW_RATES)) as pool:
+            low = dict(zip(LOW_RATES, pool.map(lambda rate: rate_run(bench, rate), LOW_RATES), strict=True))
+        rates = {f"{rate:g}": low.get(rate) or rate_run(bench, rate) for rate in RATES}
+        results["rates"] = rates
+        results["rates_ack_200ms"] = {
+            "50": rate_run(bench, 50, sim_args=("--ack-delay-ms", "200"), name="ack200")
+        }
+        results["restart"] = restart_run(bench)
+        memory, memory_detail = memory_runs(bench)
+        results["memory_mib"] = {"read_validate_1m": read["peak_rss_mib"], **memory}
+        results["client_cpu_ms_per_child"] = rates["100"]["client_cpu_ms_per_child"]
+        results["sim_cpu_ms_per_child"] = rates["100"]["sim_cpu_ms_per_child"]
+        results["client_cpu_ms_per_child_keepalive"] = memory_detail["run_10k"]["client_cpu_ms_per_child"]
+        results["sim_cpu_ms_per_child_keepalive"] = memory_detail["run_10k"]["sim_cpu_ms_per_child"]
+        results["cpu_breakdown_ms_per_child"] = profile_run(bench)
+        results["detail"] = {"read_validate_1m": read, "memory_runs": memory_detail}
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    results["load_average_1m_at_end"] = os.getloadavg()[0]
+    args.output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print_table(results)
+    print(f"\n{results['bench_seconds']} s; figures in {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
