@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,7 +107,12 @@ class Bench:
         command = [sys.executable, str(REPO / "bench" / "probe.py"), "batch", "--log-level", "WARNING", "run"]
         command.append(str(job))
         if profiler is not None:
+            # py-spy samples running and runnable threads: on a shared core, a thread woken by its peer waits
+            # runnable at the line that woke it. One core for the client, one for the simulator keeps that
+            # wait out of the samples (where taskset exists).
             spy = [str(PY_SPY), "record", "--nonblocking", "--rate", "100", "--format", "raw"]
+            if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+                spy = ["taskset", "-c", "0", *spy]
             command = [*spy, "--output", str(profiler), "--", *command]
         proc = subprocess.Popen(
             command,
@@ -165,6 +171,8 @@ def client_run(
         extra_args=["--latency-ms", "20", *sim_args],
     ) as sim:
         job = bench.job(name, numbers, sim, port, rate_per_second=rate, **limits)
+        if profiler is not None and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+            os.sched_setaffinity(sim.process.pid, {1})  # the client goes on core 0 (see Bench.client)
         probe = bench.client(job, profiler=profiler)
         assert probe is not None
         arrivals = sim.arrivals()
