@@ -18,6 +18,7 @@ from pathlib import Path
 
 from batch.states import CHILD_OUTCOMES, AttemptStatus
 from batch.store.schema import SCHEMA_VERSION, SchemaError, file_version
+from batch.store.uri import read_only_uri
 
 RATE_WINDOW_S = 60.0
 """The achieved rate is measured over the last minute of sends (less at the start of a run)."""
@@ -106,9 +107,7 @@ def connect(path: Path) -> sqlite3.Connection:
         raise StateViewError(f"{path}: cannot read the state file ({exc.strerror})") from None
     if not st.st_size:
         raise StateViewError(f"{path}: the state file is empty")
-    live = all(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-shm"))
-    # immutable: nothing may be created beside the file; a run that starts meanwhile only adds to its WAL.
-    uri = path.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+    uri = read_only_uri(path)
     try:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
     except sqlite3.Error as exc:

@@ -40,6 +40,7 @@ from batch.store.records import (
     outcomes_of_frame,
 )
 from batch.store.schema import SCHEMA_VERSION, SchemaError, prepare
+from batch.store.uri import read_only_uri
 from batch.store.writer import GroupWriter, WriteFailed
 
 T = TypeVar("T")
@@ -163,7 +164,7 @@ class Store:
         if not await anyio.Path(path).exists():
             raise StoreOpenError(f"{path}: no state file (has the job run yet?)")
         try:
-            uri = await anyio.to_thread.run_sync(lambda: f"{path.resolve().as_uri()}?mode=ro")
+            uri = await anyio.to_thread.run_sync(read_only_uri, path)
             reader = await aiosqlite.connect(uri, uri=True)
         except sqlite3.Error as exc:
             raise StoreOpenError(f"{path}: cannot open state database for reading ({exc})") from None
