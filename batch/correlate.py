@@ -17,13 +17,13 @@ a rejected message gets its MessageError) and not stored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import anyio
 
 from batch import mime
 from batch.attempts import AttemptIndex
@@ -46,10 +46,21 @@ log = logging.getLogger(__name__)
 
 XML_CONTENT_TYPE = "text/xml; charset=UTF-8"
 SIDE_RAW_LIMIT = 64 << 10
-# Replies up to this size are read on the event loop: a typical reply (a few kilobytes) reads in well under a
-# millisecond, less than a hop to a thread costs. Larger bodies (the cap is 1 MiB, four MIME parts) are read
-# in a worker thread so that a crafted one cannot stall the loop that paces sending.
-INLINE_READ_BYTES = 32 << 10
+# Inbound messages are parsed off the event loop that paces sending, so a crafted one cannot stall it; reading
+# holds the GIL, so more threads than this would only queue behind one another. A plain executor, created on
+# first use and kept for the process: anyio's to_thread (capacity limiter, cancel scopes) cost more per reply
+# than the hop itself.
+_READ_THREADS = 2
+_readers: ThreadPoolExecutor | None = None
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    global _readers
+    if _readers is None:
+        _readers = ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="inbound-read")
+    return _readers
+
+
 """Bytes of an orphan's or a rejected message's body that are stored."""
 _FIELD_LIMIT = 200
 _LOUD_PER_KIND = 20
@@ -145,8 +156,6 @@ class ReplyProcessor:
         self._index = index if index is not None else AttemptIndex()
         self._quota = _QuotaUse(side_quota or SideQuota())
         self._ack = AckTemplate(our_party_key=our_party_key, to_party=spine_party_key, cpa_id=spine_cpa_id)
-        # Reading holds the GIL; more threads than this would only queue behind one another.
-        self._readers = anyio.CapacityLimiter(2)
         self.counts: dict[str, int] = {}
 
     def _count(self, key: str) -> int:
@@ -164,12 +173,8 @@ class ReplyProcessor:
             log.warning("further inbound messages filed %s are logged at debug level only", key)
 
     async def handle(self, content_type: str, soap_action: str | None, body: bytes) -> HttpAnswer:
-        if len(body) <= INLINE_READ_BYTES:
-            read = self._read(content_type, soap_action, body)
-        else:
-            read = await anyio.to_thread.run_sync(
-                self._read, content_type, soap_action, body, limiter=self._readers
-            )
+        loop = asyncio.get_running_loop()
+        read = await loop.run_in_executor(_reader_pool(), self._read, content_type, soap_action, body)
         header = read.header
         if header is None:
             self._count("too_many_parts" if read.too_many_parts else "unparseable_envelope")
