@@ -35,3 +35,14 @@ def test_a_finished_child_leaves_the_index() -> None:
     assert index.find([other.message_id]) == other and len(index) == 1
     index.drop_child("9991234012")  # twice is harmless
     assert len(index) == 1
+
+
+def test_an_attempt_added_again_is_held_once_and_dropped_with_its_child() -> None:
+    # A resumed run adds the attempts an earlier process may still get replies for; one may already be held.
+    index = AttemptIndex()
+    ref = _ref("9991234012")
+    index.add(ref)
+    index.add(ref)
+    assert len(index) == 1 and index.find([ref.message_id]) == ref
+    index.drop_child("9991234012")
+    assert len(index) == 0 and index.find([ref.message_id]) is None
