@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,13 +22,15 @@ from batch.store import (
     FlagResult,
     InboundRecord,
     PlanRow,
+    QueryReason,
     Resolution,
+    Run,
     RunCounts,
     Store,
     StoredInbound,
     StoreError,
 )
-from batch.store.writer import GroupWriter, WriteFailed, apply_group
+from batch.store.writer import MAX_GROUP, GroupWriter, WriteFailed, apply_group
 
 NHS_A = "9991234012"
 NHS_B = "9991234020"
@@ -420,3 +423,234 @@ async def test_a_read_sees_every_write_committed_before_it_even_among_overlappin
             for i in range(300):
                 tg.start_soon(record_then_find, i)
     assert missing == []
+
+
+# --- what each write leaves in the audit trail, and how failures read -----------------------------------
+
+
+def _audit_rows(path: Path) -> list[tuple[str | None, str, str | None, str | None]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT run_id, event, message_id, detail FROM audit ORDER BY id").fetchall()
+
+
+async def test_a_run_is_started_resumed_and_ended_in_the_audit_trail(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    async with Store.open(path) as store:
+        started = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-12-01"
+        )
+        await store.end_run(started.run_id, RunStatus.FAILED)
+        resumed = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-12-02"
+        )
+        await store.end_run(started.run_id, RunStatus.COMPLETE, '{"n": 1}\n')
+        found = await store.find_run("job", started.run_id)
+    assert resumed == replace(started, resumed=True)
+    assert [(run_id, event) for run_id, event, _, _ in _audit_rows(path)] == [
+        (started.run_id, "run_started"),
+        (started.run_id, "run_failed"),
+        (started.run_id, "run_resumed"),
+        (started.run_id, "run_complete"),
+    ]
+    assert found is not None and found.summary_json == '{"n": 1}\n' and found.status is RunStatus.COMPLETE
+
+
+async def test_a_send_that_failed_is_in_the_audit_trail_and_one_that_left_is_not(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    async with Store.open(path) as store:
+        run_id = await _new_run(store)
+        sent, unsent = _ref(run_id, NHS_A), _ref(run_id, NHS_B)
+        await store.record_attempt(sent, 1, SENT)
+        await store.record_attempt(unsent, 1, SENT)
+        await store.record_send_result(sent, AttemptStatus.ACCEPTED, acked_at=ACKED)
+        await store.record_send_result(unsent, AttemptStatus.NOT_SENT, "connect_failed")
+    assert [row for row in _audit_rows(path) if row[1] not in ("run_started", "query_sent")] == [
+        (run_id, "send_failed", unsent.message_id, "connect_failed")
+    ]
+
+
+async def test_an_event_outside_a_run_is_audited_with_its_detail(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    async with Store.open(path) as store:
+        await store.audit_event("audit_exported", "entries=3")
+    assert _audit_rows(path) == [(None, "audit_exported", None, "entries=3")]
+
+
+async def test_a_failed_write_is_a_store_error_naming_sqlites_reason(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run_id = await _new_run(store)
+        ref = _ref(run_id, NHS_A)
+        await store.record_attempt(ref, 1, SENT)
+        with pytest.raises(
+            StoreError, match=r"^state database write failed: UNIQUE constraint failed"
+        ) as caught:
+            await store.record_attempt(ref, 2, SENT)
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+
+
+async def test_a_failed_read_is_a_store_error_naming_sqlites_reason(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    async with Store.open(path) as store:
+        await _new_run(store)
+        with sqlite3.connect(path) as other:
+            other.execute("ALTER TABLE attempts RENAME TO attempts_elsewhere")
+        with pytest.raises(
+            StoreError, match=r"^state database read failed: no such table: attempts$"
+        ) as caught:
+            await store.find_attempt(message_ids=[new_id()], conversation_id=None, query_event_ids=[])
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "what"),
+    [("", "state file"), ("-wal", "state WAL file"), ("-shm", "state shared-memory file")],
+)
+async def test_a_symlink_beside_the_state_file_is_named_in_the_refusal(
+    tmp_path: Path, suffix: str, what: str
+) -> None:
+    (tmp_path / f"state.sqlite{suffix}").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UnsafePathError, match=rf"state\.sqlite{suffix}: the {what} is a symbolic link$"):
+        async with Store.open(tmp_path / "state.sqlite"):
+            pass
+
+
+async def test_the_previous_complete_run_is_the_one_that_finished_last_before(tmp_path: Path) -> None:
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        first = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-11-01"
+        )
+        assert await store.previous_complete_run(first.run_id) is None
+        await store.end_run(first.run_id, RunStatus.COMPLETE)
+        other_job = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="other", input_fingerprint="f1", reference_date="2026-11-02"
+        )
+        await store.end_run(other_job.run_id, RunStatus.COMPLETE)
+        failed = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f2", reference_date="2026-11-03"
+        )
+        await store.end_run(failed.run_id, RunStatus.FAILED)
+        second = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f3", reference_date="2026-11-04"
+        )
+        before_second = await store.previous_complete_run(second.run_id)
+        await store.end_run(second.run_id, RunStatus.COMPLETE)
+        third = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f4", reference_date="2026-11-05"
+        )
+        before_third = await store.previous_complete_run(third.run_id)
+        # A complete run looks back from when it finished, not from now.
+        after_second = await store.previous_complete_run(second.run_id)
+    assert before_second == Run(first.run_id, "job", "2026-11-01", first.started_at, resumed=False)
+    assert before_third == Run(second.run_id, "job", "2026-11-04", second.started_at, resumed=False)
+    assert after_second == before_second
+
+
+async def test_children_keep_why_they_are_queried_and_an_earlier_versions_child_gains_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite"
+    reason = QueryReason(NHS_A, "clinic.csv", 7, "Eye clinic", "2026-12-03", 2)
+    async with Store.open(path) as store:
+        run = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-12-01"
+        )
+        await store.add_children(run.run_id, [NHS_A, NHS_B])
+        await store.add_children(run.run_id, [reason, NHS_B])
+        await store.add_children(run.run_id, [QueryReason(NHS_A, "other.csv", 1, None, None, 1)])
+        open_children = await store.open_children(run.run_id)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(
+            "SELECT nhs_number, source_file, source_row, clinic, appointment_date, input_rows FROM queries"
+            " ORDER BY nhs_number"
+        ).fetchall()
+    assert rows == [
+        (NHS_A, "clinic.csv", 7, "Eye clinic", "2026-12-03", 2),
+        (NHS_B, None, None, None, None, None),
+    ]
+    assert open_children.fresh == [NHS_A, NHS_B]
+
+
+async def test_a_run_of_as_many_children_as_outcome_columns_reads_back_by_row(tmp_path: Path) -> None:
+    # Seven rows of seven columns: polars could read them either way round, so the frame is built by row.
+    numbers = [f"99912340{i:02d}" for i in range(7)]
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-12-01"
+        )
+        await store.add_children(run.run_id, numbers)
+        for nhs in numbers[:3]:
+            await store.finish_child(run.run_id, nhs, Outcome.NO_REPLY, "no_reply")
+        outcomes = await store.outcomes(run.run_id)
+    assert outcomes == [
+        ChildOutcome(
+            nhs, Outcome.NO_REPLY if i < 3 else None, "no_reply" if i < 3 else None, None, 0, None, None
+        )
+        for i, nhs in enumerate(numbers)
+    ]
+
+
+async def test_each_group_commit_is_counted_once(tmp_path: Path) -> None:
+    conn = _conn(tmp_path)
+    writer = GroupWriter(conn)
+    assert writer.groups == 0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        for key in range(3):  # one after another: a group each
+            assert (
+                await writer.write(lambda c, k=key: c.execute("INSERT INTO t VALUES (?)", (k,)).rowcount) == 1
+            )
+        writer.close()
+    assert writer.groups == 3
+
+
+async def test_a_group_holds_at_most_max_group_writes(tmp_path: Path) -> None:
+    conn = _conn(tmp_path)
+    writer = GroupWriter(conn)
+    results: list[int] = []
+
+    async def insert(key: int) -> None:
+        results.append(await writer.write(lambda c: c.execute("INSERT INTO t VALUES (?)", (key,)).rowcount))
+
+    async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as writes:
+            for key in range(MAX_GROUP + 1):
+                writes.start_soon(insert, key)
+            await anyio.wait_all_tasks_blocked()  # every write is queued before the writer takes the first
+            tg.start_soon(writer.run)
+        writer.close()
+    assert results == [1] * (MAX_GROUP + 1)
+    assert writer.groups == 2
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (MAX_GROUP + 1,)
+
+
+async def test_an_accepted_post_is_noted_without_overwriting_a_reply(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    async with Store.open(path) as store:
+        run_id = await _new_run(store)
+        accepted, answered = _ref(run_id, NHS_A), _ref(run_id, NHS_B)
+        await store.record_attempt(accepted, 1, SENT)
+        await store.record_attempt(answered, 1, SENT)
+        await store.record_send_result(accepted, AttemptStatus.UNANSWERED, "read_timeout")
+        await _answer(store, answered, Resolution(Outcome.NOT_FLAGGED))
+        await store.note_accepted(accepted, ACKED)
+        await store.note_accepted(answered, ACKED)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT message_id, status, acked_at, detail FROM attempts").fetchall()
+    assert sorted(rows) == sorted(
+        [(accepted.message_id, "accepted", ACKED, None), (answered.message_id, "answered", ACKED, None)]
+    )
+
+
+async def test_outcomes_are_read_in_whole_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("batch.store.state_file._PAGE_ROWS", 2)
+    numbers = [f"99912340{i:02d}" for i in range(5)]
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-12-01"
+        )
+        await store.add_children(run.run_id, numbers[:4])
+        four = await store.outcomes(run.run_id)  # two whole pages
+        await store.add_children(run.run_id, numbers[4:])
+        five = await store.outcomes(run.run_id)
+    assert [o.nhs_number for o in four] == numbers[:4]
+    assert [o.nhs_number for o in five] == numbers

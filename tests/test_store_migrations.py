@@ -186,3 +186,50 @@ async def test_version_3_audit_rows_are_kept_gain_their_child_and_cannot_change(
         check.execute("DELETE FROM audit WHERE event = 'query_sent'")
     assert check.execute("SELECT COUNT(*) FROM audit").fetchone() == (4,)
     assert check.execute("SELECT COUNT(*) FROM run_inputs").fetchone() == (0,)
+
+
+async def test_a_file_whose_references_do_not_hold_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    conn = _file_at(path, 3)
+    # Written with foreign keys off: a child of a run that does not exist.
+    conn.execute("INSERT INTO queries (run_id, nhs_number) VALUES ('NO-SUCH-RUN', '9990000018')")
+    conn.close()
+    with pytest.raises(
+        StoreError,
+        match=r"state\.sqlite: not a usable state database"
+        r" \(a migration left rows pointing at rows that do not exist\)$",
+    ):
+        async with Store.open(path):
+            pass
+    check = sqlite3.connect(path)
+    assert check.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+
+
+@pytest.mark.parametrize("value", [None, "four"])
+async def test_a_file_without_a_readable_version_is_refused(tmp_path: Path, value: str | None) -> None:
+    path = tmp_path / "state.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    if value is not None:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (value,))
+    conn.close()
+    with pytest.raises(
+        StoreError,
+        match=r"state\.sqlite: not a usable state database \(it holds no readable cpis-batch schema version\)$",
+    ):
+        async with Store.open(path):
+            pass
+
+
+async def test_a_file_with_tables_but_no_version_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE photos (id INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(
+        StoreError,
+        match=r"state\.sqlite: not a usable state database \(it holds tables but no cpis-batch schema version\)$",
+    ):
+        async with Store.open(path):
+            pass
