@@ -261,7 +261,7 @@ async def test_a_reply_to_an_attempt_resolves_its_child_and_is_acknowledged(
     ack = ack_of(answer)
     assert sim_ebxml.acknowledges(answer.body, sent.message_id)
     assert (ack.action, ack.from_party, ack.to_party) == ("Acknowledgment", OUR_PARTY, SPINE_PARTY)
-    assert ack.conversation_id == sent.conversation_id
+    assert (ack.conversation_id, ack.cpa_id) == (sent.conversation_id, CPA_ID)
     assert b.resolved == [(b.run_id, NHS_A)]
     assert outcome == ChildOutcome(NHS_A, Outcome.NOT_FLAGGED, None, None, 1, ref.message_id, SENT)
     assert rows == [
