@@ -29,6 +29,7 @@ MAX_LINE_BYTES = 1 << 20
 # lists are far below both caps.
 MAX_COLUMNS = 1_000
 MAX_ROWS = 5_000_000
+ANNOTATE_ROWS = 50_000
 _CHUNK_BYTES = 1 << 16
 
 CSV_SUFFIXES = frozenset({".csv", ".txt", ".tsv"})
@@ -44,6 +45,8 @@ APPOINTMENT_DATE = "_appointment_date"
 CLINIC = "_clinic"
 PATIENT_NAME = "_patient_name"
 DATE_OF_BIRTH = "_date_of_birth"
+_NHS_STRUCT = "_nhs_check"
+_NHS_FIELDS = {"nhs_number": NHS_NUMBER, "nhs_reason": NHS_REASON, "nhs_warning": NHS_WARNING}
 INTERNAL_COLUMNS = (
     SOURCE_FILE,
     SOURCE_ROW,
@@ -358,7 +361,10 @@ def _read_csv(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
         raise _too_many_columns(path, 1, raw.width)
     names = _header_names(raw.row(0))
     _check_duplicate_names(path, names, header_row=1)
-    frame = raw.slice(1)
+    # One chunk per column (the parallel reader leaves dozens), as the reader's own columns will be: columns
+    # chunked differently would be copied whole by every later select. A column at a time, each old one freed
+    # as its copy is made, so the list is never held twice.
+    frame = pl.DataFrame([raw.drop_in_place(name).slice(1).rechunk() for name in list(raw.columns)])
     frame.columns = names
     return frame, 1
 
@@ -508,7 +514,9 @@ def _annotate(
     # Row numbers count every data record, so blank lines dropped below still leave later rows numbered
     # as they are in the file.
     frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(SOURCE_ROW))
-    frame = frame.filter(~pl.all_horizontal(cs.by_name(names).is_null()))
+    blank = frame.select(pl.all_horizontal(cs.by_name(names).is_null()).any()).item()
+    if blank:  # filtering copies every column, so only when there is a blank line to drop
+        frame = frame.filter(~pl.all_horizontal(cs.by_name(names).is_null()))
     if frame.height == 0:
         raise InputError(path, None, "no data rows (header only)")
 
@@ -529,11 +537,9 @@ def _annotate(
         )
     )
     copied = {internal: found for found, internal in context}
-    annotations = frame.select(cs.by_name(used)).select(
+    exprs = [
         pl.lit(str(path), pl.String).alias(SOURCE_FILE),
-        nhs.struct.field("nhs_number").alias(NHS_NUMBER),
-        nhs.struct.field("nhs_reason").alias(NHS_REASON),
-        nhs.struct.field("nhs_warning").alias(NHS_WARNING),
+        nhs.alias(_NHS_STRUCT),
         *date_exprs,
         *(
             _input_column(copied[internal]).cast(pl.String).alias(internal)
@@ -541,10 +547,24 @@ def _annotate(
             else pl.lit(None, pl.String).alias(internal)
             for internal in (CLINIC, PATIENT_NAME, DATE_OF_BIRTH)
         ),
+    ]
+    # In slices of rows: the NHS number check works through several string columns per row, so a whole
+    # million-row list at once held hundreds of MiB of intermediates. The struct is computed once and unnested.
+    annotations = pl.concat(
+        [
+            part.select(exprs).unnest(_NHS_STRUCT).rename(_NHS_FIELDS)
+            for part in frame.select(cs.by_name(used)).iter_slices(ANNOTATE_ROWS)
+        ],
+        # One chunk, like the columns read: a frame whose columns are chunked differently is copied whole by
+        # every later select.
+        rechunk=True,
     )
     # One cast for all columns: a DataFrame.schema lookup per column (which builds the whole schema each
     # time) made 20,000 columns take minutes. Every column is textual; the readers refuse the rest.
-    return frame.with_columns(cs.by_name(names).cast(pl.String)).hstack(annotations)
+    schema = frame.schema
+    if any(schema[name] != pl.String for name in names):
+        frame = frame.with_columns(cs.by_name(names).cast(pl.String))  # even a no-op cast copies every column
+    return frame.hstack(annotations)
 
 
 def read_patient_lists(
@@ -568,20 +588,42 @@ def read_patient_lists(
             raise _os_error(path, exc) from exc
         annotated.append((path, _annotate(frame, path, header_row, spec, profile)))
 
-    combined = pl.concat([frame for _, frame in annotated], how="diagonal_relaxed")
-    number = pl.col(NHS_NUMBER)
-    warning = pl.concat_str(
-        [
-            pl.col(NHS_WARNING),
-            pl.when(number.is_not_null() & ~number.is_first_distinct()).then(pl.lit(DUPLICATE)),
-            pl.when(pl.col(_BAD_DATE_FLAG)).then(pl.lit(BAD_APPOINTMENT_DATE)),
-        ],
-        separator=",",
-        ignore_nulls=True,
-    )
-    combined = combined.with_columns(pl.when(warning != "").then(warning).alias(NHS_WARNING))
+    frames = [frame for _, frame in annotated]
+    # concat copies every column, even of a single frame.
+    combined = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+    combined = combined.with_columns(_warnings(combined))
     originals = [name for name in combined.columns if name not in INTERNAL_COLUMNS and name != _BAD_DATE_FLAG]
     return combined.select(cs.by_name(*originals, *INTERNAL_COLUMNS))
+
+
+def _warnings(frame: pl.DataFrame) -> pl.Series:
+    """`_nhs_warning` with `duplicate` and `bad_appointment_date` joined on.
+
+    Only the rows with a warning are joined, in Python, and scattered into an otherwise null column: string
+    expressions over every row (concat_str, even fill_null) held 150 MiB or more for a million-row list,
+    where few rows have a warning at all.
+    """
+    number = pl.col(NHS_NUMBER)
+    flagged = frame.select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"),
+        pl.col(NHS_WARNING).alias("warning"),
+        (number.is_not_null() & ~number.is_first_distinct()).alias("duplicate"),
+        pl.col(_BAD_DATE_FLAG).alias("bad_date"),
+    ).filter(pl.col("warning").is_not_null() | pl.col("duplicate") | pl.col("bad_date"))
+    joined = [
+        ",".join(
+            part
+            for part in (
+                warning,
+                DUPLICATE if duplicate else None,
+                BAD_APPOINTMENT_DATE if bad_date else None,
+            )
+            if part
+        )
+        for warning, duplicate, bad_date in flagged.select("warning", "duplicate", "bad_date").iter_rows()
+    ]
+    column = pl.Series(NHS_WARNING, dtype=pl.String).extend_constant(None, frame.height)
+    return column.scatter(flagged["row"], pl.Series(joined, dtype=pl.String)) if joined else column
 
 
 # --- header only (cpis-batch check) ---------------------------------------------------------------------
