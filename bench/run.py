@@ -21,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,18 @@ def _rate(arrivals: list[Arrival], configured: float) -> dict[str, float]:
     }
 
 
+@contextmanager
+def _spine(bench: Bench, dataset: Path, port: int, *args: str) -> Iterator[SimProcess]:
+    """A fresh simulated Spine that answers to the client's endpoint on `port`."""
+    with running_sim(
+        pki_dir=bench.pki,
+        dataset=dataset,
+        reply_url=f"https://127.0.0.1:{port}/cpis/replies",
+        extra_args=args,
+    ) as sim:
+        yield sim
+
+
 def client_run(
     bench: Bench,
     name: str,
@@ -163,12 +176,7 @@ def client_run(
     """One whole run against a fresh simulator: rate at Spine, client CPU and RSS, simulator CPU."""
     dataset, numbers = bench.numbers(children)
     port = free_port()
-    with running_sim(
-        pki_dir=bench.pki,
-        dataset=dataset,
-        reply_url=f"https://127.0.0.1:{port}/cpis/replies",
-        extra_args=["--latency-ms", "20", *sim_args],
-    ) as sim:
+    with _spine(bench, dataset, port, "--latency-ms", "20", *sim_args) as sim:
         job = bench.job(name, numbers, sim, port, rate_per_second=rate, **limits)
         if profiler is not None and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
             os.sched_setaffinity(sim.process.pid, {1})  # the client goes on core 0 (see Bench.client)
@@ -199,12 +207,7 @@ def restart_run(bench: Bench, rate: float = 50.0) -> dict[str, float]:
     children = int(rate * bench.seconds(RUN_SECONDS)) + 1
     dataset, numbers = bench.numbers(children)
     port = free_port()
-    with running_sim(
-        pki_dir=bench.pki,
-        dataset=dataset,
-        reply_url=f"https://127.0.0.1:{port}/cpis/replies",
-        extra_args=["--latency-ms", "500"],
-    ) as sim:
+    with _spine(bench, dataset, port, "--latency-ms", "500") as sim:
         # Old attempts whose replies died with the killed process are re-queried after reply_timeout_s; the
         # figures are about the fresh children sent before then, so a short timeout only shortens the tail.
         job = bench.job("restart", numbers, sim, port, rate_per_second=rate, reply_timeout_s=15)
