@@ -8,8 +8,10 @@ carries an autofilter.
 
 The cells are written with xlsxwriter directly, not as an Excel table (as `polars.DataFrame.write_excel`
 does): a table needs column names that differ ignoring case, and a clinic list may not have them.
-xlsxwriter keeps the workbook in memory (`in_memory`), so no part of it goes through the system temporary
-folder.
+xlsxwriter runs in `constant_memory` mode: each row goes to disk once written, so a workbook of tens of
+thousands of flagged children costs no more memory than a small one (in memory it held every cell as a
+Python object, over 100 MiB for a large run). Its working files go in the folder the workbook is staged in,
+the run's private folder, never the system temporary folder.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ TEXT_FORMAT = "@"
 MAX_WIDTH = 50
 
 _OPTIONS = {
-    "in_memory": True,
+    "constant_memory": True,
     "strings_to_numbers": False,
     "strings_to_formulas": False,
     "strings_to_urls": False,
@@ -57,7 +59,7 @@ def _width(frame: pl.DataFrame, name: str) -> int:
 def write_xlsx(frame: pl.DataFrame, path: Path, sheet: str) -> None:
     """Write `frame` as one worksheet named `sheet` to `path` (an existing file is replaced)."""
     frame = _typed_dates(frame)
-    workbook = Workbook(str(path), _OPTIONS)
+    workbook = Workbook(str(path), {**_OPTIONS, "tmpdir": str(path.parent)})
     try:
         sheet_ = workbook.add_worksheet(sheet)
         header = workbook.add_format({"bold": True, "bottom": 1, "num_format": TEXT_FORMAT})
