@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -654,3 +655,44 @@ async def test_outcomes_are_read_in_whole_pages(tmp_path: Path, monkeypatch: pyt
         five = await store.outcomes(run.run_id)
     assert [o.nhs_number for o in four] == numbers[:4]
     assert [o.nhs_number for o in five] == numbers
+
+
+async def test_group_commits_run_on_the_writers_own_thread(tmp_path: Path) -> None:
+    writer = GroupWriter(_conn(tmp_path))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        names = [await writer.write(lambda _c: threading.current_thread().name) for _ in range(2)]
+        writer.close()
+    assert all(name.startswith("state-writer_") for name in names), names
+
+
+async def test_a_group_under_way_finishes_when_the_writer_is_cancelled(tmp_path: Path) -> None:
+    conn = _conn(tmp_path)
+    writer = GroupWriter(conn)
+    entered, release = threading.Event(), threading.Event()
+    results: list[int] = []
+
+    def slow_insert(c: sqlite3.Connection) -> int:
+        entered.set()
+        release.wait(30)  # a guard against a hang, never a timing assertion
+        return c.execute("INSERT INTO t VALUES (1)").rowcount
+
+    async def write() -> None:
+        results.append(await writer.write(slow_insert))
+
+    writer_scope = anyio.CancelScope()
+
+    async def run_writer() -> None:
+        with writer_scope:
+            await writer.run()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_writer)
+        tg.start_soon(write)
+        await anyio.to_thread.run_sync(entered.wait)
+        writer_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert results == []  # the write is not reported done while its group is still under way
+        release.set()
+    assert results == [1]
+    assert conn.execute("SELECT k FROM t").fetchall() == [(1,)]
