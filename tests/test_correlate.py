@@ -544,6 +544,16 @@ async def test_an_orphan_that_could_not_be_stored_gives_its_quota_back(tmp_path:
     assert b.processor.counts == {"store_failed": 1, "orphan": 1}
 
 
+async def test_a_failed_store_gives_back_exactly_the_place_it_took(tmp_path: Path) -> None:
+    sent = [orphan() for _ in range(4)]
+    async with bench(tmp_path, quota=SideQuota(max_messages=2), failures=1) as b:
+        for s in sent:
+            await b.post(s)
+        rows = b.inbound()
+    assert [r["message_id"] for r in rows] == [s.message_id for s in sent[1:3]]
+    assert b.processor.counts == {"store_failed": 1, "orphan": 2, "orphan_not_stored": 1}
+
+
 async def test_a_reply_that_could_not_be_stored_is_not_acknowledged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
