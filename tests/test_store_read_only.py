@@ -8,7 +8,6 @@ from batch.ids import new_id
 from batch.store import Store
 from batch.store.uri import read_only_uri
 
-
 RUN_ID = new_id()
 
 
