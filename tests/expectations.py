@@ -8,6 +8,8 @@ from pathlib import Path
 import polars as pl
 
 from batch.nhs_number import validate
+from batch.reports import ReportFrames
+from batch.summary import RunSummary, ThisProcess
 from spine_sim.dataset import Dataset
 
 FLAG_KEY = (
@@ -105,3 +107,31 @@ def reported_outcomes(results: pl.DataFrame) -> dict[tuple[str, int], tuple[str,
 
 def reported_flagged(flagged: pl.DataFrame) -> set[tuple[object, ...]]:
     return set(flagged.select(*FLAG_KEY).iter_rows())
+
+
+def run_summary(frames: ReportFrames, *, job: str, reference_date: date, children: int) -> RunSummary:
+    """A finished run's summary for report tests: four queries sent, all answered, nothing else notable."""
+    return RunSummary(
+        run_id="THIS-RUN",
+        job=job,
+        profile="simulated",
+        resumed=False,
+        run_started_at="2027-01-11T01:00:00",
+        process_started_at="2027-01-11T01:00:00",
+        finished_at="2027-01-11T01:05:00+00:00",
+        reference_date=reference_date.isoformat(),
+        rows=frames.results.height,
+        distinct_children=children,
+        outcomes=frames.outcome_counts(),
+        flagged_plan_rows=frames.flagged.height,
+        queries_sent=4,
+        send_failures=0,
+        replies={},
+        this_process=ThisProcess(4, 4, 0, 0, 0),
+        circuit_breaker_open=False,
+        duration_s=1.0,
+        sending_duration_s=1.0,
+        achieved_rate_per_s=None,
+        configured_rate_per_s=5.0,
+        changes=frames.change_counts(),
+    )

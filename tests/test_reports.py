@@ -27,8 +27,9 @@ from batch.reports import (
 from batch.selection import apply_window
 from batch.states import Outcome
 from batch.store import ChildOutcome, FlagResult, PlanRow, frame_of_outcomes
-from batch.summary import RunSummary, ThisProcess
+from batch.summary import RunSummary
 from batch.summary_html import render_summary_html
+from tests.expectations import run_summary
 
 A, B, C, D, E = "9990000018", "9990000026", "9990000034", "9990000042", "9990000050"
 REFERENCE = date(2027, 1, 11)
@@ -326,30 +327,7 @@ def test_a_first_run_has_no_changes_and_says_so(tmp_path: Path) -> None:
 
 
 def _summary(frames: ReportFrames) -> str:
-    return RunSummary(
-        run_id="THIS-RUN",
-        job="nightly",
-        profile="simulated",
-        resumed=False,
-        run_started_at="2027-01-11T01:00:00",
-        process_started_at="2027-01-11T01:00:00",
-        finished_at="2027-01-11T01:05:00+00:00",
-        reference_date=REFERENCE.isoformat(),
-        rows=frames.results.height,
-        distinct_children=5,
-        outcomes=frames.outcome_counts(),
-        flagged_plan_rows=frames.flagged.height,
-        queries_sent=4,
-        send_failures=0,
-        replies={},
-        this_process=ThisProcess(4, 4, 0, 0, 0),
-        circuit_breaker_open=False,
-        duration_s=1.0,
-        sending_duration_s=1.0,
-        achieved_rate_per_s=None,
-        configured_rate_per_s=5.0,
-        changes=frames.change_counts(),
-    ).to_json()
+    return run_summary(frames, job="nightly", reference_date=REFERENCE, children=5).to_json()
 
 
 def test_every_report_is_written_into_a_new_private_run_folder(tmp_path: Path) -> None:

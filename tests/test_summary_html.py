@@ -21,9 +21,10 @@ from batch.reasons import explain
 from batch.reports import ReportFrames, build_reports
 from batch.states import Outcome
 from batch.store import ChildOutcome, FlagResult, PlanRow, frame_of_outcomes
-from batch.summary import RunSummary, ThisProcess
+from batch.summary import RunSummary
 from batch.summary_html import el, esc, render_summary_html
 from tests.browser import paeth, read_png
+from tests.expectations import run_summary
 
 A, B, C, D = "9990000018", "9990000026", "9990000034", "9990000042"
 DAY1, DAY2 = date(2027, 1, 10), date(2027, 1, 11)
@@ -105,30 +106,7 @@ def _frames(tmp_path: Path, *, context: bool = True, previous: RunOutcomes | Non
 
 
 def _summary(frames: ReportFrames) -> RunSummary:
-    return RunSummary(
-        run_id="THIS-RUN",
-        job="nightly <clinics>",
-        profile="simulated",
-        resumed=False,
-        run_started_at="2027-01-11T01:00:00",
-        process_started_at="2027-01-11T01:00:00",
-        finished_at="2027-01-11T01:05:00+00:00",
-        reference_date=DAY2.isoformat(),
-        rows=frames.results.height,
-        distinct_children=4,
-        outcomes=frames.outcome_counts(),
-        flagged_plan_rows=frames.flagged.height,
-        queries_sent=4,
-        send_failures=0,
-        replies={},
-        this_process=ThisProcess(4, 4, 0, 0, 0),
-        circuit_breaker_open=False,
-        duration_s=1.0,
-        sending_duration_s=1.0,
-        achieved_rate_per_s=None,
-        configured_rate_per_s=5.0,
-        changes=frames.change_counts(),
-    )
+    return run_summary(frames, job="nightly <clinics>", reference_date=DAY2, children=4)
 
 
 def _page(frames: ReportFrames) -> tuple[str, lxml.html.HtmlElement]:
