@@ -8,7 +8,7 @@ cpis-batch is refused rather than guessed at.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from batch.states import (
     AttemptStatus,
@@ -22,6 +22,50 @@ SCHEMA_VERSION = 4
 # Stored inbound rows; a duplicate is answered but never stored a second time.
 STORED_DISPOSITIONS = tuple(d for d in Disposition if d is not Disposition.DUPLICATE)
 
+# The columns a table has kept since version 1, in order; each version's layout adds the ones it changed.
+_RUN_COLUMNS = (
+    "run_id TEXT PRIMARY KEY",
+    "job_name TEXT NOT NULL",
+    "input_fingerprint TEXT NOT NULL",
+    "reference_date TEXT NOT NULL",
+    "started_at TEXT NOT NULL",
+    "finished_at TEXT",
+)
+_ATTEMPT_COLUMNS = (
+    "message_id TEXT PRIMARY KEY",
+    "conversation_id TEXT NOT NULL",
+    "query_event_id TEXT NOT NULL",
+    "run_id TEXT NOT NULL",
+    "nhs_number TEXT NOT NULL",
+    "attempt INTEGER NOT NULL",
+)
+_INBOUND_HEADER_COLUMNS = (
+    "message_id TEXT PRIMARY KEY",
+    "received_at TEXT NOT NULL",
+    "action TEXT",
+    "ref_to_message_id TEXT",
+    "conversation_id TEXT",
+    "from_party TEXT",
+    "attempt_message_id TEXT",
+    "run_id TEXT",
+)
+
+
+def _inbound_columns(disposition: str) -> tuple[str, ...]:
+    """`inbound` as versions 1 to 3 have it (version 3 adds `raw_size`), with that version's `disposition`."""
+    return (*_INBOUND_HEADER_COLUMNS, disposition, "detail TEXT", "raw BLOB NOT NULL", "ack BLOB NOT NULL")
+
+
+_STORED_DISPOSITION = f"disposition TEXT NOT NULL {check_constraint('disposition', STORED_DISPOSITIONS)}"
+
+
+def _create_table(name: str, columns: Sequence[str], indent: int = 4) -> str:
+    """`CREATE TABLE` a column a line. SQLite keeps the statement's text as the table's schema, so the layout
+    is the one each version has always written: columns at four spaces in version 1, at twelve in rebuilds."""
+    pad = " " * indent
+    body = f",\n{pad}".join(columns)
+    return f"CREATE TABLE {name} (\n{pad}{body}\n{pad[4:]})"
+
 
 def _script(conn: sqlite3.Connection, script: str) -> None:
     # Not executescript: it commits any open transaction first, and a migration must be all or nothing.
@@ -33,19 +77,19 @@ def _script(conn: sqlite3.Connection, script: str) -> None:
 
 def _v0_to_v1(conn: sqlite3.Connection) -> None:
     """The first released layout, as it was (a new file is built by running every migration)."""
+    runs = (*_RUN_COLUMNS, "status TEXT NOT NULL CHECK (status IN ('running', 'complete'))")
+    attempts = (
+        *_ATTEMPT_COLUMNS,
+        "created_at TEXT NOT NULL",
+        "sent_at TEXT",
+        "status TEXT NOT NULL CHECK (status IN ('created', 'accepted', 'failed', 'unanswered', 'answered', 'timed_out'))",
+        "detail TEXT",
+    )
     _script(
         conn,
-        """
+        f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE runs (
-    run_id TEXT PRIMARY KEY,
-    job_name TEXT NOT NULL,
-    input_fingerprint TEXT NOT NULL,
-    reference_date TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    status TEXT NOT NULL CHECK (status IN ('running', 'complete'))
-);
+{_create_table("runs", runs)};
 CREATE INDEX runs_job ON runs (job_name, input_fingerprint, status);
 -- One row per distinct child per run: the unit that gets exactly one outcome.
 CREATE TABLE queries (
@@ -59,36 +103,12 @@ CREATE TABLE queries (
     PRIMARY KEY (run_id, nhs_number)
 );
 -- One row per attempt (new M, C, Q), written before the POST.
-CREATE TABLE attempts (
-    message_id TEXT PRIMARY KEY,
-    conversation_id TEXT NOT NULL,
-    query_event_id TEXT NOT NULL,
-    run_id TEXT NOT NULL,
-    nhs_number TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    created_at TEXT NOT NULL,
-    sent_at TEXT,
-    status TEXT NOT NULL CHECK (status IN ('created', 'accepted', 'failed', 'unanswered', 'answered', 'timed_out')),
-    detail TEXT
-);
+{_create_table("attempts", attempts)};
 CREATE INDEX attempts_query ON attempts (run_id, nhs_number);
 CREATE UNIQUE INDEX attempts_conversation ON attempts (conversation_id);
 CREATE UNIQUE INDEX attempts_query_event ON attempts (query_event_id);
 -- Every inbound message, stored before it is acknowledged. message_id is the duplicate-elimination key.
-CREATE TABLE inbound (
-    message_id TEXT PRIMARY KEY,
-    received_at TEXT NOT NULL,
-    action TEXT,
-    ref_to_message_id TEXT,
-    conversation_id TEXT,
-    from_party TEXT,
-    attempt_message_id TEXT,
-    run_id TEXT,
-    disposition TEXT NOT NULL,
-    detail TEXT,
-    raw BLOB NOT NULL,
-    ack BLOB NOT NULL
-);
+{_create_table("inbound", _inbound_columns("disposition TEXT NOT NULL"))};
 CREATE INDEX inbound_run ON inbound (run_id);
 CREATE TABLE audit (
     id INTEGER PRIMARY KEY,
@@ -103,14 +123,14 @@ CREATE TABLE audit (
 
 
 def _rebuild(
-    conn: sqlite3.Connection, table: str, create: str, select: str, indexes: tuple[str, ...]
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], select: str, indexes: tuple[str, ...]
 ) -> None:
-    """Replace a table by one made with `create` (naming `{table}_new`), filled by `select` from the old one.
+    """Replace a table by one with `columns` (built as `{table}_new`), filled by `select` from the old one.
 
     SQLite's own recipe: build the new table beside the old, drop the old, rename the new (with foreign keys
     off, see `prepare`), so that other tables' references to this one keep pointing at it.
     """
-    conn.execute(create)
+    conn.execute(_create_table(f"{table}_new", columns, indent=12))
     conn.execute(f"INSERT INTO {table}_new {select}")
     conn.execute(f"DROP TABLE {table}")
     conn.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
@@ -137,16 +157,7 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     _rebuild(
         conn,
         "runs",
-        f"""
-        CREATE TABLE runs_new (
-            run_id TEXT PRIMARY KEY,
-            job_name TEXT NOT NULL,
-            input_fingerprint TEXT NOT NULL,
-            reference_date TEXT NOT NULL,
-            started_at TEXT NOT NULL,
-            finished_at TEXT,
-            status TEXT NOT NULL {check_constraint("status", RunStatus)}
-        )""",
+        (*_RUN_COLUMNS, f"status TEXT NOT NULL {check_constraint('status', RunStatus)}"),
         "SELECT * FROM runs",
         ("CREATE INDEX runs_job ON runs (job_name, input_fingerprint, status)",),
     )
@@ -154,19 +165,13 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     _rebuild(
         conn,
         "attempts",
-        f"""
-        CREATE TABLE attempts_new (
-            message_id TEXT PRIMARY KEY,
-            conversation_id TEXT NOT NULL,
-            query_event_id TEXT NOT NULL,
-            run_id TEXT NOT NULL,
-            nhs_number TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            sent_at TEXT NOT NULL,
-            acked_at TEXT,
-            status TEXT NOT NULL {check_constraint("status", AttemptStatus)},
-            detail TEXT
-        )""",
+        (
+            *_ATTEMPT_COLUMNS,
+            "sent_at TEXT NOT NULL",
+            "acked_at TEXT",
+            f"status TEXT NOT NULL {check_constraint('status', AttemptStatus)}",
+            "detail TEXT",
+        ),
         """
         SELECT message_id, conversation_id, query_event_id, run_id, nhs_number, attempt, created_at, sent_at,
                CASE status
@@ -187,21 +192,7 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     _rebuild(
         conn,
         "inbound",
-        f"""
-        CREATE TABLE inbound_new (
-            message_id TEXT PRIMARY KEY,
-            received_at TEXT NOT NULL,
-            action TEXT,
-            ref_to_message_id TEXT,
-            conversation_id TEXT,
-            from_party TEXT,
-            attempt_message_id TEXT,
-            run_id TEXT,
-            disposition TEXT NOT NULL {check_constraint("disposition", STORED_DISPOSITIONS)},
-            detail TEXT,
-            raw BLOB NOT NULL,
-            ack BLOB NOT NULL
-        )""",
+        _inbound_columns(_STORED_DISPOSITION),
         "SELECT * FROM inbound",
         ("CREATE INDEX inbound_run ON inbound (run_id)",),
     )
@@ -218,22 +209,7 @@ def _v2_to_v3(conn: sqlite3.Connection) -> None:
     _rebuild(
         conn,
         "inbound",
-        f"""
-        CREATE TABLE inbound_new (
-            message_id TEXT PRIMARY KEY,
-            received_at TEXT NOT NULL,
-            action TEXT,
-            ref_to_message_id TEXT,
-            conversation_id TEXT,
-            from_party TEXT,
-            attempt_message_id TEXT,
-            run_id TEXT,
-            disposition TEXT NOT NULL {check_constraint("disposition", STORED_DISPOSITIONS)},
-            detail TEXT,
-            raw BLOB NOT NULL,
-            ack BLOB NOT NULL,
-            raw_size INTEGER NOT NULL
-        )""",
+        (*_inbound_columns(_STORED_DISPOSITION), "raw_size INTEGER NOT NULL"),
         """
         SELECT message_id, received_at, action, ref_to_message_id, conversation_id, from_party,
                attempt_message_id, run_id, disposition, detail, raw, ack, length(raw)
