@@ -32,8 +32,8 @@ from batch.hl7.query import (
     assert_scheduled_care,
     build_query,
 )
-from batch.hl7.replies import (
-    DEFAULT_NOT_FOUND_CODES,
+from batch.hl7.replies import DEFAULT_NOT_FOUND_CODES, parse_reply
+from batch.hl7.reply_types import (
     AccessEntry,
     AppAcknowledgement,
     CpRecord,
@@ -43,7 +43,6 @@ from batch.hl7.replies import (
     Plan,
     QueryFailed,
     QueryResponse,
-    parse_reply,
 )
 from batch.hl7.timestamps import format_hl7_ts, parse_hl7_ts
 

@@ -17,13 +17,9 @@ from batch.hl7.namespaces import (
 )
 from batch.hl7.payload import read_payloads
 from batch.hl7.reply_types import (
-    AccessEntry,
     AppAcknowledgement,
-    CpRecord,
     Issue,
-    LocalAuthority,
     ParsedReply,
-    Plan,
     QueryFailed,
     QueryResponse,
     WarningLog,
@@ -31,20 +27,7 @@ from batch.hl7.reply_types import (
 from batch.hl7.xmlnav import attr, descendants, every, first, first_attr, local_name, namespace
 from batch.xmlsafe import XmlError, parse_xml
 
-__all__ = [
-    "DEFAULT_NOT_FOUND_CODES",
-    "AccessEntry",
-    "AppAcknowledgement",
-    "CpRecord",
-    "Issue",
-    "LocalAuthority",
-    "ParsedReply",
-    "Plan",
-    "QueryFailed",
-    "QueryResponse",
-    "ReplyParseError",
-    "parse_reply",
-]
+__all__ = ["DEFAULT_NOT_FOUND_CODES", "parse_reply"]
 
 # Seen in the NHS test kit for "no record"; the real codes are to confirm at NHS onboarding.
 DEFAULT_NOT_FOUND_CODES = frozenset({"NHSNCC002"})
