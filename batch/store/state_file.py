@@ -20,25 +20,7 @@ import polars as pl
 
 from batch.files import check_not_link
 from batch.states import AttemptStatus, Disposition, Outcome, RunStatus
-from batch.store.records import (
-    OUTCOME_FRAME_SCHEMA,
-    AttemptRef,
-    AuditEntry,
-    AwaitedAttempt,
-    ChildOutcome,
-    ChildProgress,
-    InboundRecord,
-    OpenChildren,
-    QueryReason,
-    Resolution,
-    Run,
-    RunCounts,
-    SenderIdentity,
-    StoredInbound,
-    StoredInputs,
-    StoredRun,
-    outcomes_of_frame,
-)
+from batch.store import records
 from batch.store.schema import SCHEMA_VERSION, SchemaError, prepare
 from batch.store.uri import read_only_uri
 from batch.store.writer import GroupWriter, WriteFailed
@@ -222,8 +204,8 @@ class Store:
         job_name: str,
         input_fingerprint: str,
         reference_date: str,
-        sender: SenderIdentity | None = None,
-    ) -> Run:
+        sender: records.SenderIdentity | None = None,
+    ) -> records.Run:
         """Continue the unfinished run of this job and input, or start a new one.
 
         `sender` is who this process's queries come from; each `query_sent` audit row copies it.
@@ -240,7 +222,7 @@ class Store:
             else (None,) * 5
         )
 
-        def fn(conn: sqlite3.Connection) -> Run:
+        def fn(conn: sqlite3.Connection) -> records.Run:
             row = conn.execute(
                 "SELECT run_id, reference_date, started_at FROM runs WHERE job_name = ? AND input_fingerprint = ?"
                 " AND status IN (?, ?) ORDER BY started_at DESC LIMIT 1",
@@ -252,7 +234,7 @@ class Store:
                     (RunStatus.RUNNING.value, *who, row[0]),
                 )
                 _audit(conn, row[0], "run_resumed")
-                return Run(row[0], job_name, row[1], row[2], resumed=True)
+                return records.Run(row[0], job_name, row[1], row[2], resumed=True)
             started = utcnow()
             conn.execute(
                 "INSERT INTO runs (run_id, job_name, input_fingerprint, reference_date, started_at, status,"  # noqa: S608 (fixed names)
@@ -260,7 +242,7 @@ class Store:
                 (run_id, job_name, input_fingerprint, reference_date, started, RunStatus.RUNNING.value, *who),
             )
             _audit(conn, run_id, "run_started")
-            return Run(run_id, job_name, reference_date, started, resumed=False)
+            return records.Run(run_id, job_name, reference_date, started, resumed=False)
 
         return await self._write(fn)
 
@@ -280,7 +262,7 @@ class Store:
 
     # -- children and attempts ----------------------------------------------------------------------------
 
-    async def add_children(self, run_id: str, children: Iterable[str | QueryReason]) -> None:
+    async def add_children(self, run_id: str, children: Iterable[str | records.QueryReason]) -> None:
         """One `queries` row per child (kept when it exists), with why it is queried when that is given; the
         reason of a child added by an earlier version is filled in."""
         rows = [
@@ -325,14 +307,14 @@ class Store:
 
         await self._write(fn)
 
-    async def run_inputs(self, run_id: str) -> StoredInputs | None:
+    async def run_inputs(self, run_id: str) -> records.StoredInputs | None:
         """The run's input rows as written when it started; None when it kept none (an older version ran it)."""
         rows = await self._read("SELECT frame FROM run_inputs WHERE run_id = ? ORDER BY part", (run_id,))
         if not rows:
             return None
-        return StoredInputs(tuple(bytes(r[0]) if r[0] is not None else None for r in rows))
+        return records.StoredInputs(tuple(bytes(r[0]) if r[0] is not None else None for r in rows))
 
-    async def open_children(self, run_id: str) -> OpenChildren:
+    async def open_children(self, run_id: str) -> records.OpenChildren:
         """Children of the run without an outcome: those never queried, and those with what earlier processes
         did for them (a resumed run)."""
         fresh = await self._read(
@@ -347,14 +329,14 @@ class Store:
             " WHERE q.run_id = ? AND q.outcome IS NULL ORDER BY q.nhs_number, a.attempt, a.sent_at",
             (run_id,),
         )
-        progress: dict[str, ChildProgress] = {}
+        progress: dict[str, records.ChildProgress] = {}
         for nhs, message_id, status_text, sent_at, acked_at, detail in rows:
-            child = progress.get(nhs) or ChildProgress(nhs)
+            child = progress.get(nhs) or records.ChildProgress(nhs)
             status = AttemptStatus(status_text)
             awaited = None
             if status.awaits_reply:
-                awaited = AwaitedAttempt(message_id, datetime.fromisoformat(acked_at or sent_at))
-            progress[nhs] = ChildProgress(
+                awaited = records.AwaitedAttempt(message_id, datetime.fromisoformat(acked_at or sent_at))
+            progress[nhs] = records.ChildProgress(
                 nhs,
                 counted=child.counted + status.counts,
                 unsent=child.unsent + (not status.counts),
@@ -362,7 +344,7 @@ class Store:
                 # Only the latest attempt can still be awaited: an earlier one was re-queried after a timeout.
                 awaited=awaited,
             )
-        return OpenChildren([row[0] for row in fresh], list(progress.values()))
+        return records.OpenChildren([row[0] for row in fresh], list(progress.values()))
 
     async def recent_sends(self, job_name: str, limit: int) -> list[tuple[datetime, datetime | None]]:
         """The job's latest `limit` attempts (any run), for pacing across a restart: when each was recorded
@@ -374,7 +356,7 @@ class Store:
         )
         return [(datetime.fromisoformat(r[0]), datetime.fromisoformat(r[1]) if r[1] else None) for r in rows]
 
-    async def record_attempt(self, ref: AttemptRef, number: int, sent_at: str) -> None:
+    async def record_attempt(self, ref: records.AttemptRef, number: int, sent_at: str) -> None:
         """Make an attempt durable before its POST: from now on it may be at Spine."""
 
         def fn(conn: sqlite3.Connection) -> None:
@@ -408,7 +390,11 @@ class Store:
         await self._write(fn)
 
     async def record_send_result(
-        self, ref: AttemptRef, status: AttemptStatus, detail: str | None = None, acked_at: str | None = None
+        self,
+        ref: records.AttemptRef,
+        status: AttemptStatus,
+        detail: str | None = None,
+        acked_at: str | None = None,
     ) -> None:
         """What the POST achieved (never overwrites `answered`: a reply may have beaten the 202)."""
 
@@ -423,7 +409,7 @@ class Store:
 
         await self._write(fn)
 
-    async def note_accepted(self, ref: AttemptRef, acked_at: str) -> None:
+    async def note_accepted(self, ref: records.AttemptRef, acked_at: str) -> None:
         """Spine acknowledged the POST. Not waited for: a crash that loses it leaves the attempt `sending`,
         which a restart treats the same way (it may be at Spine; its reply timeout runs from `sent_at`)."""
 
@@ -462,7 +448,7 @@ class Store:
 
     async def find_attempt(
         self, *, message_ids: Sequence[str], conversation_id: str | None, query_event_ids: Sequence[str]
-    ) -> AttemptRef | None:
+    ) -> records.AttemptRef | None:
         """Correlate by M (RefToMessageId, messageRef), then C, then an access entry's Q, in one read."""
         m_ids = [m.upper() for m in message_ids]
         q_ids = [q.upper() for q in query_event_ids]
@@ -477,17 +463,17 @@ class Store:
             f" OR query_event_id IN ({_placeholders(q_ids)}) ORDER BY rank LIMIT 1",
             (*m_ids, c_id, *m_ids, c_id, *q_ids),
         )
-        return AttemptRef(*rows[0][:5]) if rows else None
+        return records.AttemptRef(*rows[0][:5]) if rows else None
 
     async def store_inbound(
         self,
-        record: InboundRecord,
+        record: records.InboundRecord,
         *,
-        attempt: AttemptRef | None,
+        attempt: records.AttemptRef | None,
         disposition: Disposition,
         detail: str | None,
-        resolution: Resolution | None,
-    ) -> StoredInbound:
+        resolution: records.Resolution | None,
+    ) -> records.StoredInbound:
         """Store one inbound message and apply its resolution, in one transaction.
 
         The first business answer for a child wins (`resolved`); a later one is kept as `superseded`. A message
@@ -495,10 +481,10 @@ class Store:
         """
         message_id = record.message_id.upper()
 
-        def fn(conn: sqlite3.Connection) -> StoredInbound:
+        def fn(conn: sqlite3.Connection) -> records.StoredInbound:
             seen = conn.execute("SELECT ack FROM inbound WHERE message_id = ?", (message_id,)).fetchone()
             if seen is not None:
-                return StoredInbound(Disposition.DUPLICATE, bytes(seen[0]))
+                return records.StoredInbound(Disposition.DUPLICATE, bytes(seen[0]))
             final = disposition
             if attempt is not None and resolution is not None:
                 cursor = conn.execute(
@@ -539,7 +525,7 @@ class Store:
                     len(record.raw) if record.raw_size is None else record.raw_size,
                 ),
             )
-            return StoredInbound(final, record.ack)
+            return records.StoredInbound(final, record.ack)
 
         return await self._write(fn)
 
@@ -574,7 +560,7 @@ class Store:
 
     # -- reporting -------------------------------------------------------------------------------------------
 
-    async def find_run(self, job_name: str, run_id: str | None = None) -> StoredRun | None:
+    async def find_run(self, job_name: str, run_id: str | None = None) -> records.StoredRun | None:
         """The job's run whose id is or starts with `run_id` (at least 8 characters, as run folders show it),
         or with no `run_id` its latest complete run. None when there is no such run, or the prefix is shared."""
         columns = "run_id, job_name, reference_date, started_at, finished_at, status, summary_json"
@@ -594,11 +580,11 @@ class Store:
         if len(rows) != 1:
             return None
         r = rows[0]
-        return StoredRun(r[0], r[1], r[2], r[3], r[4], RunStatus(r[5]), r[6])
+        return records.StoredRun(r[0], r[1], r[2], r[3], r[4], RunStatus(r[5]), r[6])
 
     async def audit_entries(
         self, since: str, before: str, nhs_number: str | None = None
-    ) -> AsyncIterator[list[AuditEntry]]:
+    ) -> AsyncIterator[list[records.AuditEntry]]:
         """The queries sent from `since` up to (not including) `before` (UTC ISO times, as stored), in the order
         they were recorded, with their children's outcomes once known; in batches, so a long period needs little
         memory. Each batch is one whole read (`_read`): no statement stays open between batches."""
@@ -620,7 +606,7 @@ class Store:
             if not rows:
                 return
             after = rows[-1][0]
-            yield [AuditEntry(*row[1:]) for row in rows]
+            yield [records.AuditEntry(*row[1:]) for row in rows]
 
     async def audit_event(self, event: str, detail: str) -> None:
         """One audit row for something done outside a run (an export); `detail` holds counts, never patient
@@ -631,7 +617,7 @@ class Store:
 
         await self._write(fn)
 
-    async def previous_complete_run(self, run_id: str) -> Run | None:
+    async def previous_complete_run(self, run_id: str) -> records.Run | None:
         """The complete run of the same job that finished last before `run_id` did (any time, while `run_id` is
         not complete): what the safeguarding team had before this run's reports. None on a job's first run."""
         rows = await self._read(
@@ -641,7 +627,7 @@ class Store:
             " ORDER BY p.finished_at DESC, p.started_at DESC LIMIT 1",
             (run_id, RunStatus.COMPLETE.value, RunStatus.COMPLETE.value),
         )
-        return Run(rows[0][0], rows[0][1], rows[0][2], rows[0][3], resumed=False) if rows else None
+        return records.Run(rows[0][0], rows[0][1], rows[0][2], rows[0][3], resumed=False) if rows else None
 
     async def outcome_frame(self, run_id: str) -> pl.DataFrame:
         """Every child of the run with its outcome, as columns (`OUTCOME_FRAME_SCHEMA`), ordered by NHS number.
@@ -664,19 +650,19 @@ class Store:
             )
             if not rows:
                 break
-            pages.append(pl.DataFrame(rows, schema=OUTCOME_FRAME_SCHEMA, orient="row"))
+            pages.append(pl.DataFrame(rows, schema=records.OUTCOME_FRAME_SCHEMA, orient="row"))
             after = rows[-1][0]
             if len(rows) < _PAGE_ROWS:
                 break
         if not pages:
-            return pl.DataFrame(schema=OUTCOME_FRAME_SCHEMA)
+            return pl.DataFrame(schema=records.OUTCOME_FRAME_SCHEMA)
         return pl.concat(pages, rechunk=True)
 
-    async def outcomes(self, run_id: str) -> list[ChildOutcome]:
+    async def outcomes(self, run_id: str) -> list[records.ChildOutcome]:
         """The same as `outcome_frame`, as typed records (for a few children; a whole run is a frame)."""
-        return outcomes_of_frame(await self.outcome_frame(run_id))
+        return records.outcomes_of_frame(await self.outcome_frame(run_id))
 
-    async def run_counts(self, run_id: str) -> RunCounts:
+    async def run_counts(self, run_id: str) -> records.RunCounts:
         rows = await self._read(
             "SELECT 'attempt', status, COUNT(*) FROM attempts WHERE run_id = ? GROUP BY status"
             " UNION ALL SELECT 'inbound', disposition, COUNT(*) FROM inbound WHERE run_id = ? GROUP BY disposition",
@@ -685,7 +671,7 @@ class Store:
         attempts = sum(n for kind, status, n in rows if kind == "attempt" and AttemptStatus(status).counts)
         unsent = sum(n for kind, status, n in rows if kind == "attempt" and not AttemptStatus(status).counts)
         inbound = {Disposition(d): n for kind, d, n in rows if kind == "inbound"}
-        return RunCounts(attempts=attempts, send_failures=unsent, inbound=inbound)
+        return records.RunCounts(attempts=attempts, send_failures=unsent, inbound=inbound)
 
 
 def _audit(
