@@ -201,6 +201,12 @@ class _Shown:
             el("td", row["nhs_number"], class_="nhs"),
         ]
 
+    def clinic_head(self) -> Markup:
+        return el("th", "Clinic") if self.clinic else Markup()
+
+    def clinic_cell(self, row: Mapping[str, Any]) -> Markup:
+        return el("td", row["clinic"], class_="clinic") if self.clinic else Markup()
+
 
 def _table(head: list[Markup], rows: list[Markup], class_: str) -> Markup:
     table = el("table", el("thead", el("tr", head)), el("tbody", rows), class_=class_)
@@ -221,7 +227,7 @@ def _changes(frames: ReportFrames) -> Markup:
         shown = _Shown.of(changes)
         head = [
             *shown.person_heads(),
-            el("th", "Clinic") if shown.clinic else Markup(),
+            shown.clinic_head(),
             el("th", "Change"),
             el("th", "Before"),
             el("th", "Now"),
@@ -230,7 +236,7 @@ def _changes(frames: ReportFrames) -> Markup:
             el(
                 "tr",
                 shown.person(row),
-                el("td", row["clinic"], class_="clinic") if shown.clinic else None,
+                shown.clinic_cell(row),
                 el("td", CHANGE_LABEL.get(row["change"], row["change"]), class_=f"change {row['change']}"),
                 el("td", _plan_text(row, "before")),
                 el("td", _plan_text(row, "after")),
@@ -395,7 +401,7 @@ def _exceptions(frames: ReportFrames) -> Markup:
     exceptions = frames.exceptions.join(frames.context, on=["source_file", "source_row"], how="left")
     shown = _Shown.of(exceptions)
     head = [
-        el("th", "Clinic") if shown.clinic else Markup(),
+        shown.clinic_head(),
         *shown.person_heads(),
         el("th", "List and row"),
         el("th", "Outcome"),
@@ -404,7 +410,7 @@ def _exceptions(frames: ReportFrames) -> Markup:
     rows = [
         el(
             "tr",
-            el("td", row["clinic"], class_="clinic") if shown.clinic else None,
+            shown.clinic_cell(row),
             shown.person(row),
             el("td", row["source_file"].rpartition("/")[2], ", row ", row["source_row"]),
             el("td", OUTCOME_LABEL.get(row["outcome"], row["outcome"])),
