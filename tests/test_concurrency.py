@@ -19,9 +19,9 @@ def _observe(concurrency: PostConcurrency, busy: float, times: int) -> None:
 
 
 def test_the_initial_size_assumes_a_quarter_second_round_trip() -> None:
-    # ceil(10 × 0.25 × 1.5) + 2 = ceil(3.75) + 2 = 6
+    # ceil(10 × 0.25 × 3) + 2 = ceil(7.5) + 2 = 10
     concurrency = PostConcurrency(10, 20)
-    assert (_size(concurrency), concurrency.peak) == (6, 6)
+    assert (_size(concurrency), concurrency.peak) == (10, 10)
     assert (concurrency.rate, concurrency.cap) == (10, 20)
 
 
@@ -29,7 +29,8 @@ def test_the_initial_size_assumes_a_quarter_second_round_trip() -> None:
     ("rate", "cap", "size"),
     [
         (10, 5, 5),  # the cap binds
-        (10, 6, 6),  # exactly the need
+        (10, 10, 10),  # exactly the need
+        (10, 9, 9),  # one short of it
         (10, 1, 1),  # a cap of one is honoured
         (10, 0, 1),  # never fewer than one sender
         (0, 20, 2),  # no rate: only the spare senders
@@ -41,15 +42,15 @@ def test_the_initial_size_is_within_the_cap_and_at_least_one(rate: float, cap: i
 
 
 def test_the_size_follows_the_90th_percentile_of_recent_busy_times() -> None:
-    concurrency = PostConcurrency(2, 10_000)  # size = ceil(2 × busy × 1.5) + 2 = 3 × busy + 2
+    concurrency = PostConcurrency(2, 10_000)  # size = ceil(2 × busy × 3) + 2 = 6 × busy + 2
     concurrency.observe(10)
-    assert _size(concurrency) == 32
+    assert _size(concurrency) == 62
     for busy in range(1, 10):
         concurrency.observe(busy)
-    assert _size(concurrency) == 32  # ten times, 1..10 s: the 90th percentile is index 9, 10 s
+    assert _size(concurrency) == 62  # ten times, 1..10 s: the 90th percentile is index 9, 10 s
     for busy in range(11, 21):
         concurrency.observe(busy)
-    assert (_size(concurrency), concurrency.peak) == (59, 59)  # twenty, 1..20 s: index 18 is 19 s
+    assert (_size(concurrency), concurrency.peak) == (116, 116)  # twenty, 1..20 s: index 18 is 19 s
 
 
 def test_only_the_last_busy_times_count_and_the_peak_is_kept() -> None:
@@ -57,15 +58,15 @@ def test_only_the_last_busy_times_count_and_the_peak_is_kept() -> None:
     slow = RECENT - (RECENT * 9) // 10  # just enough slow ones to be the 90th percentile
     _observe(concurrency, 10, slow)
     _observe(concurrency, 1, RECENT - slow)
-    assert (_size(concurrency), concurrency.peak) == (32, 32)
+    assert (_size(concurrency), concurrency.peak) == (62, 62)
     concurrency.observe(1)  # the first slow one is no longer among the last RECENT
-    assert (_size(concurrency), concurrency.peak) == (5, 32)
+    assert (_size(concurrency), concurrency.peak) == (8, 62)
 
 
 def test_the_size_shrinks_to_the_cap_and_to_one() -> None:
     capped = PostConcurrency(100, 8)
     capped.observe(0.001)
-    assert (_size(capped), capped.peak) == (3, 8)  # ceil(0.15) + 2; the initial size stays the peak
+    assert (_size(capped), capped.peak) == (3, 8)  # ceil(0.3) + 2; the initial size stays the peak
     capped.observe(5.0)
     capped.observe(5.0)
     assert (_size(capped), capped.peak) == (8, 8)
