@@ -15,8 +15,10 @@ A round trip far beyond the usual may be Spine holding one answer (a slow acknow
 crawling there. The two are told apart by the neighbours: what delays a request's arrival (a stall at either
 end, a queue on the path) delays the requests sent just before and after it too, while a held answer is the
 request's own. So a slot's excess counts in full when its neighbours share it (the median of the five around
-it is high), and otherwise only up to a cap of twice the 90th percentile of recent excesses (at least 1 ms, the
-resolution of the timers involved; a tenth of the window until 16 round trips are known). A slot whose answer
+it is high), or when the request sent next met the rest of it (a stall that began as this request arrived
+holds the next one, sent `gap` later, by the excess less `gap`: the median misses a stall that short), and
+otherwise only up to a cap of twice the 90th percentile of recent excesses (at least 1 ms, the resolution of
+the timers involved; a tenth of the window until 16 round trips are known). A slot whose answer
 has not come back when it matters gets the cap, or its neighbours' shared excess if that is larger. A fixed 5% slack gave away
 5% of the allowance on every run; this gives away only the delay actually met, typically well under 1%
 (measured figures: bench/README.md).
@@ -146,7 +148,23 @@ class SlidingWindowLimiter:
         if excess is None:
             known = [e for n in neighbours if (e := self._excess(n)) is not None]
             return max(self._cap, sorted(known)[len(known) // 2] if known else 0.0)
-        return excess if shared > self._cap else min(excess, self._cap)
+        if excess <= self._cap or shared > self._cap or self._stall_began_here(slot, excess, neighbours):
+            return excess
+        return self._cap
+
+    def _stall_began_here(self, slot: RateSlot, excess: float, neighbours: Sequence[RateSlot]) -> bool:
+        """Whether the request sent next met the rest of this slot's delay: a stall that began as this request
+        arrived holds back the next one, sent `gap` later, by `excess - gap` (within the cap)."""
+        if slot.sent_at is None:
+            return False
+        sent = slot.sent_at
+        after = [n for n in neighbours if n.sent_at is not None and n.sent_at > sent]
+        if not after:
+            return False
+        following = min(after, key=lambda n: n.sent_at or 0.0)
+        assert following.sent_at is not None
+        met = self._excess(following)
+        return met is None or excess - (following.sent_at - sent) - met <= self._cap
 
     def seed(self, sent: list[float]) -> None:
         """Count requests already sent at these monotonic times (an earlier process's, before a restart), so

@@ -215,6 +215,35 @@ async def test_a_delay_the_neighbours_share_counts_in_full() -> None:
     assert limiter.guard(answered(None), stalled) == pytest.approx(0.34)  # unknown: the neighbours' median
 
 
+async def test_a_stall_that_began_at_this_slot_counts_in_full() -> None:
+    """A stall shorter than two gaps delays this request fully and the next one less, so the median of the
+    five around it stays low; the next request having met the rest of the delay shows it was a stall."""
+    limiter = SlidingWindowLimiter(RATE, window=WINDOW)
+    for _ in range(32):
+        limiter.observe(0.010)  # a steady path: the cap is the 1 ms floor
+
+    def answered(sent_at: float, round_trip: float) -> RateSlot:
+        slot = RateSlot(limiter, sent_at)
+        slot.sent(sent_at)
+        slot.answered(round_trip)
+        return slot
+
+    before = [answered(0.0, 0.010), answered(0.010, 0.010)]
+    stalled = answered(0.020, 0.025)  # 15 ms late
+    met_rest = [answered(0.030, 0.015), answered(0.040, 0.010)]  # the next one 5 ms late: 15 - its 10 ms gap
+    assert limiter.guard(stalled, (*before, *met_rest)) == pytest.approx(0.015)
+    on_time = [answered(0.030, 0.010), answered(0.040, 0.010)]  # the next one on time: Spine held this answer
+    assert limiter.guard(stalled, (*before, *on_time)) == MIN_CAP
+    late_by_gap = [
+        answered(0.030, 0.0145),
+        answered(0.040, 0.010),
+    ]  # 0.5 ms short of the rest: within the cap
+    assert limiter.guard(stalled, (*before, *late_by_gap)) == pytest.approx(0.015)
+    unanswered = RateSlot(limiter, 0.030)
+    unanswered.sent(0.030)
+    assert limiter.guard(stalled, (*before, unanswered)) == pytest.approx(0.015)  # still out: stalled
+
+
 # --- the bookkeeping behind the guard, the lead and the pacing, checked exactly ---------------------------
 
 
