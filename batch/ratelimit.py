@@ -9,7 +9,9 @@ time from our first byte to Spine taking in the request. Sends R apart are at le
 so arrivals R apart are at least `window + guard_k - (n_k - n_min)` apart, and the bound holds when
 `guard_k >= n_k - n_min`: the extra delay slot k met on its way. We cannot see n_k, but we do see slot k's round
 trip to Spine's synchronous answer, and its excess over the fastest recent round trip bounds n_k - n_min (the
-rest of the round trip cannot be faster than its own minimum). So each slot's guard is its own measured excess.
+rest of the round trip cannot be faster than its own minimum) up to a small jitter: the fastest round trip need
+not have had both the fastest way there and the fastest way back. So each slot's guard is its own measured
+excess, and every grant keeps a further `ARRIVAL_JITTER` of the window for the rest.
 
 A round trip far beyond the usual may be Spine holding one answer (a slow acknowledgement), not the request
 crawling there. The two are told apart by the neighbours: what delays a request's arrival (a stall at either
@@ -39,6 +41,10 @@ from collections.abc import Sequence
 import anyio
 
 RECENT = 256  # round trips remembered for the minimum and the cap
+# The fastest round trip is rarely made of the fastest way there and the fastest way back, so a slot's excess
+# can fall short of its extra delay on the way by that difference (sub-millisecond here); 0.2% of the window
+# on every grant covers it. The bench saw 101 arrivals in a second at 100/s without it.
+ARRIVAL_JITTER = 0.002
 MIN_CAP = 0.001
 # Until 16 round trips are known there is no spread to size the cap from: allow up to a tenth of the window.
 INITIAL_CAP = 0.1
@@ -193,7 +199,7 @@ class SlidingWindowLimiter:
                 sent_at = await oldest.wait_sent()
                 guard = self.guard(oldest, (*self._retired, *itertools.islice(self._slots, 1, 3)))
                 self.guard_total += guard
-                not_before = sent_at + self.window + guard
+                not_before = sent_at + self.window * (1 + ARRIVAL_JITTER) + guard
                 # Granted ahead by the usual time to reach the gate, so that time is not lost to the rate;
                 # the gate itself holds the request until `not_before`.
                 earliest = max(earliest, not_before - self._lead)
