@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 XML_CONTENT_TYPE = "text/xml; charset=UTF-8"
 SIDE_RAW_LIMIT = 64 << 10
+"""Bytes of an orphan's or a rejected message's body that are stored."""
 # Inbound messages are parsed off the event loop that paces sending, so a crafted one cannot stall it; reading
 # holds the GIL, so more threads than this would only queue behind one another. A plain executor, created on
 # first use and kept for the process: anyio's to_thread (capacity limiter, cancel scopes) cost more per reply
@@ -61,7 +62,6 @@ def _reader_pool() -> ThreadPoolExecutor:
     return _readers
 
 
-"""Bytes of an orphan's or a rejected message's body that are stored."""
 _FIELD_LIMIT = 200
 _LOUD_PER_KIND = 20
 _UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
