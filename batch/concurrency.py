@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 
 # Busy times vary, and together: a stall slows every POST under way at once. When no sender is free as a rate
 # slot falls due, the grant comes late and that time is lost to the rate for good (the next grant a window on
-# waits for this one). Three times the need measured 0.99 of 100/s and 0.96 of 200/s on the bench; one and
-# a half times, 0.91-0.97 and 0.55, its grants 21 ms late on average (bench/README.md).
+# waits for this one). Three times the need measured 0.99 of 100/s on the bench, and up to 0.95 of 200/s where
+# the CPU allowed; one and a half times, 0.91-0.97 and 0.55, grants 21 ms late on average (bench/README.md).
 HEADROOM = 3.0
 SPARE = 2
 RECENT = 64
