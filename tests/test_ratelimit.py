@@ -243,10 +243,8 @@ async def test_a_stall_that_began_at_this_slot_counts_in_full() -> None:
     assert limiter.guard(stalled, (*before, *met_rest)) == pytest.approx(0.015)
     on_time = [answered(0.030, 0.010), answered(0.040, 0.010)]  # the next one on time: Spine held this answer
     assert limiter.guard(stalled, (*before, *on_time)) == MIN_CAP
-    late_by_gap = [
-        answered(0.030, 0.0145),
-        answered(0.040, 0.010),
-    ]  # 0.5 ms short of the rest: within the cap
+    # The next one 0.5 ms short of the rest of the delay: within the cap, still a stall.
+    late_by_gap = [answered(0.030, 0.0145), answered(0.040, 0.010)]
     assert limiter.guard(stalled, (*before, *late_by_gap)) == pytest.approx(0.015)
     unanswered = RateSlot(limiter, 0.030)
     unanswered.sent(0.030)
