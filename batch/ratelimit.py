@@ -161,16 +161,15 @@ class SlidingWindowLimiter:
     def _stall_began_here(self, slot: RateSlot, excess: float, neighbours: Sequence[RateSlot]) -> bool:
         """Whether the request sent next met the rest of this slot's delay: a stall that began as this request
         arrived holds back the next one, sent `gap` later, by `excess - gap` (within the cap)."""
-        if slot.sent_at is None:
-            return False
         sent = slot.sent_at
-        after = [n for n in neighbours if n.sent_at is not None and n.sent_at > sent]
+        if sent is None:
+            return False
+        after = [(n.sent_at, n) for n in neighbours if n.sent_at is not None and n.sent_at > sent]
         if not after:
             return False
-        following = min(after, key=lambda n: n.sent_at or 0.0)
-        assert following.sent_at is not None
+        next_sent, following = min(after, key=lambda pair: pair[0])
         met = self._excess(following)
-        return met is None or excess - (following.sent_at - sent) - met <= self._cap
+        return met is None or excess - (next_sent - sent) - met <= self._cap
 
     def seed(self, sent: list[float]) -> None:
         """Count requests already sent at these monotonic times (an earlier process's, before a restart), so

@@ -22,7 +22,8 @@ SCHEMA_VERSION = 4
 # Stored inbound rows; a duplicate is answered but never stored a second time.
 STORED_DISPOSITIONS = tuple(d for d in Disposition if d is not Disposition.DUPLICATE)
 
-# The columns a table has kept since version 1, in order; each version's layout adds the ones it changed.
+# The columns a table has kept since version 1, in order; each version's layout adds the ones it changed. Every
+# migration builds from these, so they are never edited: a later version's change is a column of its own.
 _RUN_COLUMNS = (
     "run_id TEXT PRIMARY KEY",
     "job_name TEXT NOT NULL",
