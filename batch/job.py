@@ -34,9 +34,9 @@ from batch.ratelimit import SlidingWindowLimiter
 from batch.reports import ReportFrames, ReportPaths, build_reports, write_reports
 from batch.run_inputs import decode as decode_inputs
 from batch.run_inputs import encode as encode_inputs
-from batch.selection import apply_window, query_reasons
+from batch.selection import apply_window, query_reasons, reason_frame
 from batch.states import RunStatus
-from batch.store import QueryReason, Run, SenderIdentity, Store, StoreError
+from batch.store import Run, SenderIdentity, Store, StoreError
 from batch.summary import RunSummary, ThisProcess
 from batch.tls import TlsConfigError, server_context
 from batch.transport import SpineTransport
@@ -94,8 +94,8 @@ class _Prepared:
     run: Run
     patients: pl.DataFrame
     """The run's input rows, as kept in the state (with `_window_reason`)."""
-    children: list[QueryReason]
-    """One per distinct child to query, with why."""
+    children: int
+    """How many distinct children the run queries (each kept in the state with why)."""
 
 
 def _sender(cfg: JobConfig) -> SenderIdentity:
@@ -151,14 +151,14 @@ async def _prepare(store: Store, cfg: JobConfig, patients: pl.DataFrame, fingerp
     )
     run_id_var.set(run.run_id)
     patients = await keep_run_inputs(store, run, patients, cfg.input.window_days)
-    children = query_reasons(patients)
-    await store.add_children(run.run_id, children)
+    reasons = reason_frame(patients)
+    await store.add_children(run.run_id, query_reasons(reasons))
     # Raw replies hold names, dates of birth and plans; they are kept only `retention.raw_days`.
     purged = await store.purge_raw(datetime.now(UTC) - timedelta(days=cfg.retention.raw_days))
     if purged:
         log.info("dropped the raw messages of %d replies older than %d days", purged, cfg.retention.raw_days)
     failpoint("run_started")
-    return _Prepared(run, patients, children)
+    return _Prepared(run, patients, reasons.height)
 
 
 async def _send_and_await(
@@ -390,7 +390,7 @@ async def run_job(
                     prepared.patients,
                     started=started,
                     process_started_at=process_started_at,
-                    children=len(prepared.children),
+                    children=prepared.children,
                 )
                 reports = await _report(store, cfg, run, frames, summary, privacy)
             except Exception:

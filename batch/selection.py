@@ -13,6 +13,7 @@ file and row, clinic and appointment date, which the audit trail records with ea
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, timedelta
 
 import polars as pl
@@ -55,9 +56,10 @@ def queried(patients: pl.DataFrame) -> pl.Expr:
     return pl.col(NHS_NUMBER).is_not_null() & pl.col(NHS_REASON).is_null() & in_window
 
 
-def query_reasons(patients: pl.DataFrame) -> list[QueryReason]:
-    """One per child to query, in NHS number order: its first row in the window, and how many it has."""
-    reasons = (
+def reason_frame(patients: pl.DataFrame) -> pl.DataFrame:
+    """One row per child to query, in NHS number order: its first row in the window, and how many it has
+    (the columns of `QueryReason`, in its order)."""
+    return (
         patients.filter(queried(patients))
         .group_by(NHS_NUMBER, maintain_order=True)
         .agg(
@@ -69,8 +71,12 @@ def query_reasons(patients: pl.DataFrame) -> list[QueryReason]:
         )
         .sort(NHS_NUMBER)
     )
-    return [
-        QueryReason(
+
+
+def query_reasons(reasons: pl.DataFrame) -> Iterator[QueryReason]:
+    """`reason_frame`'s rows as `QueryReason`s, made one at a time: a run of any size holds no list of them."""
+    for nhs_number, source_file, source_row, clinic, appointment_date, rows in reasons.iter_rows():
+        yield QueryReason(
             nhs_number=nhs_number,
             source_file=source_file,
             source_row=source_row,
@@ -78,5 +84,3 @@ def query_reasons(patients: pl.DataFrame) -> list[QueryReason]:
             appointment_date=appointment_date,
             input_rows=rows,
         )
-        for nhs_number, source_file, source_row, clinic, appointment_date, rows in reasons.iter_rows()
-    ]

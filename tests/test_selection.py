@@ -11,7 +11,7 @@ import pytest
 from batch.patients import WINDOW_REASON, InputError, InputSpec, read_patient_lists
 from batch.reports import EXCEPTION_OUTCOMES, build_results
 from batch.run_inputs import decode, encode
-from batch.selection import apply_window, query_reasons
+from batch.selection import apply_window, query_reasons, reason_frame
 from batch.states import Outcome
 from batch.store import ChildOutcome, QueryReason, frame_of_outcomes
 
@@ -73,7 +73,7 @@ def test_without_a_window_no_row_is_marked(tmp_path: Path) -> None:
 def test_a_child_is_queried_for_its_first_row_in_the_window(tmp_path: Path) -> None:
     windowed = apply_window(_lists(tmp_path), 7, TODAY)
     source = str(tmp_path / "list.csv")
-    assert query_reasons(windowed) == [
+    assert list(query_reasons(reason_frame(windowed))) == [
         QueryReason(IN, source, 1, "Eyes", "2026-12-04", 1),
         QueryReason(MIXED, source, 3, "Ears", "2026-12-11", 2),
     ]

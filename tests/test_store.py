@@ -30,6 +30,7 @@ from batch.store import (
     Store,
     StoredInbound,
     StoreError,
+    state_file,
 )
 from batch.store.writer import MAX_GROUP, GroupWriter, WriteFailed, apply_group
 
@@ -569,6 +570,25 @@ async def test_children_keep_why_they_are_queried_and_an_earlier_versions_child_
         (NHS_B, None, None, None, None, None),
     ]
     assert open_children.fresh == [NHS_A, NHS_B]
+
+
+async def test_children_from_a_generator_are_added_a_transaction_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run's children come from a generator, written a few at a time; every one of them arrives.
+    monkeypatch.setattr(state_file, "_ADD_ROWS", 2)
+    numbers = [f"99912340{i:02d}" for i in range(5)]
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run = await store.begin_or_resume_run(
+            run_id=new_id(), job_name="job", input_fingerprint="f1", reference_date="2026-12-01"
+        )
+        groups = store.commit_groups
+        await store.add_children(
+            run.run_id, (QueryReason(n, "list.csv", i, None, None, 1) for i, n in enumerate(numbers))
+        )
+        assert store.commit_groups - groups == 3
+        open_children = await store.open_children(run.run_id)
+    assert open_children.fresh == numbers
 
 
 async def test_a_run_of_as_many_children_as_outcome_columns_reads_back_by_row(tmp_path: Path) -> None:

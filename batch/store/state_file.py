@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
@@ -264,33 +265,27 @@ class Store:
 
     async def add_children(self, run_id: str, children: Iterable[str | records.QueryReason]) -> None:
         """One `queries` row per child (kept when it exists), with why it is queried when that is given; the
-        reason of a child added by an earlier version is filled in."""
-        rows = [
-            (run_id, c, None, None, None, None, None)
-            if isinstance(c, str)
-            else (
-                run_id,
-                c.nhs_number,
-                c.source_file,
-                c.source_row,
-                c.clinic,
-                c.appointment_date,
-                c.input_rows,
-            )
-            for c in children
-        ]
+        reason of a child added by an earlier version is filled in.
 
-        def fn(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "INSERT INTO queries (run_id, nhs_number, source_file, source_row, clinic, appointment_date,"
-                " input_rows) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, nhs_number) DO UPDATE SET"
-                " source_file = excluded.source_file, source_row = excluded.source_row, clinic = excluded.clinic,"
-                " appointment_date = excluded.appointment_date, input_rows = excluded.input_rows"
-                " WHERE queries.source_file IS NULL",
-                rows,
-            )
+        Written `_ADD_ROWS` children per transaction, so `children` may be a generator over a run of any size
+        without a row per child held in memory. A crash between transactions loses nothing: adding the same
+        children again keeps the rows already there.
+        """
+        it = iter(children)
+        while rows := [_query_row(run_id, c) for c in islice(it, _ADD_ROWS)]:
 
-        await self._write(fn)
+            def fn(conn: sqlite3.Connection, rows: list[_QueryRow] = rows) -> None:
+                conn.executemany(
+                    "INSERT INTO queries (run_id, nhs_number, source_file, source_row, clinic,"
+                    " appointment_date, input_rows) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (run_id, nhs_number) DO UPDATE SET source_file = excluded.source_file,"
+                    " source_row = excluded.source_row, clinic = excluded.clinic,"
+                    " appointment_date = excluded.appointment_date, input_rows = excluded.input_rows"
+                    " WHERE queries.source_file IS NULL",
+                    rows,
+                )
+
+            await self._write(fn)
 
     async def save_run_inputs(self, run_id: str, parts: Sequence[tuple[int, bytes]]) -> None:
         """Keep the run's input rows (Parquet parts with their row counts), once: a resumed run keeps the
@@ -656,7 +651,7 @@ class Store:
                 break
         if not pages:
             return pl.DataFrame(schema=records.OUTCOME_FRAME_SCHEMA)
-        return pl.concat(pages, rechunk=True)
+        return pl.concat(pages, rechunk=False)
 
     async def outcomes(self, run_id: str) -> list[records.ChildOutcome]:
         """The same as `outcome_frame`, as typed records (for a few children; a whole run is a frame)."""
@@ -672,6 +667,24 @@ class Store:
         unsent = sum(n for kind, status, n in rows if kind == "attempt" and not AttemptStatus(status).counts)
         inbound = {Disposition(d): n for kind, d, n in rows if kind == "inbound"}
         return records.RunCounts(attempts=attempts, send_failures=unsent, inbound=inbound)
+
+
+_ADD_ROWS = 5_000
+_QueryRow = tuple[str, str, str | None, int | None, str | None, str | None, int | None]
+
+
+def _query_row(run_id: str, child: str | records.QueryReason) -> _QueryRow:
+    if isinstance(child, str):
+        return (run_id, child, None, None, None, None, None)
+    return (
+        run_id,
+        child.nhs_number,
+        child.source_file,
+        child.source_row,
+        child.clinic,
+        child.appointment_date,
+        child.input_rows,
+    )
 
 
 def _audit(
