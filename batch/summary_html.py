@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,9 +60,9 @@ def _flatten(children: Iterable[object]) -> Iterable[object]:
             yield child
 
 
-def el(tag: str, *children: object, **attrs: object) -> Markup:
-    """An element: `tag` and attribute names are fixed in this module (`class_` is `class`, `_` is `-`);
-    attribute values and children are escaped unless they are Markup. None and False attributes are left out."""
+def pieces(tag: str, *children: object, **attrs: object) -> Iterator[Markup]:
+    """The element `el` makes, a piece at a time: children that are generators are made only as they are
+    written, so a table of any length is never held whole."""
     if not _NAME.match(tag):
         raise ValueError("not an element name")
     parts = [f"<{tag}"]
@@ -74,11 +74,18 @@ def el(tag: str, *children: object, **attrs: object) -> Markup:
             continue
         parts.append(f" {name}" if value is True else f' {name}="{esc(value)}"')
     parts.append(">")
+    yield Markup("".join(parts))
     if tag in _VOID:
-        return Markup("".join(parts))
-    parts.extend(esc(child) for child in _flatten(children))
-    parts.append(f"</{tag}>")
-    return Markup("".join(parts))
+        return
+    for child in _flatten(children):
+        yield esc(child)
+    yield Markup(f"</{tag}>")
+
+
+def el(tag: str, *children: object, **attrs: object) -> Markup:
+    """An element: `tag` and attribute names are fixed in this module (`class_` is `class`, `_` is `-`);
+    attribute values and children are escaped unless they are Markup. None and False attributes are left out."""
+    return Markup("".join(pieces(tag, *children, **attrs)))
 
 
 STYLE = """
@@ -208,9 +215,9 @@ class _Shown:
         return el("td", row["clinic"], class_="clinic") if self.clinic else Markup()
 
 
-def _table(head: list[Markup], rows: list[Markup], class_: str) -> Markup:
-    table = el("table", el("thead", el("tr", head)), el("tbody", rows), class_=class_)
-    return el("div", table, class_="scroll")
+def _table(head: list[Markup], rows: Iterable[Markup], class_: str) -> Iterator[Markup]:
+    table = pieces("table", el("thead", el("tr", head)), pieces("tbody", rows), class_=class_)
+    return pieces("div", table, class_="scroll")
 
 
 def _run_of(run: RunOutcomes) -> str:
@@ -249,7 +256,7 @@ def _changes(frames: ReportFrames) -> Markup:
         n = changes.height
         body = [
             el("p", f"Compared with {_run_of(previous)}: {n} change{'' if n == 1 else 's'}."),
-            _table(head, rows, "changes"),
+            Markup("".join(_table(head, rows, "changes"))),
         ]
     return el(
         "section",
@@ -335,7 +342,7 @@ def _children(n: int) -> str:
     return f"{n} {'child' if n == 1 else 'children'}"
 
 
-def _flagged(frames: ReportFrames, reference_date: str) -> Markup:
+def _flagged(frames: ReportFrames, reference_date: str) -> Iterator[Markup]:
     flagged = frames.flagged.join(frames.context, on=["source_file", "source_row"], how="left")
     shown = _Shown.of(flagged)
     appointment = _has(flagged, "appointment_date")
@@ -351,10 +358,11 @@ def _flagged(frames: ReportFrames, reference_date: str) -> Markup:
         el("th", "Emergency phone"),
     ]
     order = ["appointment_date", "patient_name", "source_file", "source_row", "plan_start"]
-    content: list[Markup] = []
-    for title, group in _groups(flagged, shown):
-        rows = [
-            el(
+
+    def rows(group: pl.DataFrame) -> Iterator[Markup]:
+        # A row at a time as the page is written: a run can flag tens of thousands of children.
+        for row in group.sort(order, nulls_last=True).iter_rows(named=True):
+            yield el(
                 "tr",
                 shown.person(row),
                 el("td", row["appointment_date"], class_="date") if appointment else None,
@@ -372,12 +380,16 @@ def _flagged(frames: ReportFrames, reference_date: str) -> Markup:
                 class_="plan-row",
                 data_nhs_number=row["nhs_number"],
             )
-            for row in group.sort(order, nulls_last=True).iter_rows(named=True)
-        ]
-        count = group.get_column("nhs_number").n_unique()
-        content += [el("h3", f"{title} ({_children(count)})"), _table(head, rows, "flagged")]
+
+    def content(groups: list[tuple[str, pl.DataFrame]]) -> Iterator[Markup | Iterator[Markup]]:
+        for title, group in groups:
+            count = group.get_column("nhs_number").n_unique()
+            yield el("h3", f"{title} ({_children(count)})")
+            yield _table(head, rows(group), "flagged")
+
+    groups = _groups(flagged, shown)
     children = flagged.get_column("nhs_number").n_unique()
-    return el(
+    return pieces(
         "section",
         el("h2", "Flagged children: ", el("span", children, id="flagged-count")),
         el(
@@ -386,7 +398,7 @@ def _flagged(frames: ReportFrames, reference_date: str) -> Markup:
             " protection plan. Call the local authority before the appointment where the plan is active.",
             class_="meta",
         ),
-        content or el("p", "No child on these lists is flagged on CP-IS."),
+        content(groups) if groups else el("p", "No child on these lists is flagged on CP-IS."),
         id="flagged",
         data_count=children,
     )
@@ -450,6 +462,11 @@ def _exceptions(frames: ReportFrames) -> Markup:
 
 def render_summary_html(frames: ReportFrames, summary: RunSummary) -> str:
     """The whole page, as text."""
+    return "".join(summary_html_pieces(frames, summary))
+
+
+def summary_html_pieces(frames: ReportFrames, summary: RunSummary) -> Iterator[str]:
+    """The whole page, a piece at a time, to be written as it is made (`render_summary_html` joins them)."""
     title = f"CP-IS pre-check: {summary.job}, {summary.reference_date}"
     profile = (
         el("p", f"Profile {summary.profile}: test data, not real patients.", class_="profile")
@@ -469,7 +486,7 @@ def render_summary_html(frames: ReportFrames, summary: RunSummary) -> str:
         el("title", title),
         el("style", Markup(STYLE)),
     )
-    body = el(
+    body = pieces(
         "body",
         el(
             "header",
@@ -481,7 +498,7 @@ def render_summary_html(frames: ReportFrames, summary: RunSummary) -> str:
             ),
             profile,
         ),
-        el(
+        pieces(
             "main",
             _changes(frames),
             _outcomes(summary),
@@ -489,4 +506,6 @@ def render_summary_html(frames: ReportFrames, summary: RunSummary) -> str:
             _exceptions(frames),
         ),
     )
-    return "<!DOCTYPE html>\n" + el("html", head, body, lang="en") + "\n"
+    yield "<!DOCTYPE html>\n"
+    yield from pieces("html", head, body, lang="en")
+    yield "\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from batch import reports
 from batch.changes import ChangeKind, RunOutcomes
 from batch.files import Privacy, UnsafePathError
 from batch.patients import APPOINTMENT_DATE, WINDOW_REASON, InputSpec, read_patient_lists
@@ -175,9 +176,12 @@ def test_input_columns_named_like_report_columns_are_kept_under_another_name(tmp
 # --- flagged ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("slice_rows", [1, 1_000])
 def test_a_flagged_row_has_a_row_per_plan_with_whether_it_is_active_on_its_appointment(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slice_rows: int
 ) -> None:
+    # The stored answers are decoded a slice at a time; one child per slice must give the same rows.
+    monkeypatch.setattr(reports, "_DECODE_SLICE_ROWS", slice_rows)
     outcomes = frame_of_outcomes(
         [
             flagged(
