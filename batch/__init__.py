@@ -1,0 +1,12 @@
+"""cpis-batch: nightly CP-IS pre-checks of clinic lists against NHS Spine.
+
+Importing the package sets one process-wide default, before anything imports polars: the allocator polars
+brings (jemalloc) returns freed memory to the system at once, where polars' own setting keeps it for up to
+1.5 s (still counted as the process's memory). A run builds and drops several frames of every child within
+seconds when it writes its reports, and kept, that memory added up to its peak (a 100,000-child report
+phase: +172 MiB kept, +127 MiB returned at once; see docs/decisions.md#d27). An operator's own `_RJEM_MALLOC_CONF` wins.
+"""
+
+import os
+
+os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
