@@ -336,6 +336,7 @@ def _read_csv(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
         source = io.BytesIO(path.read_bytes().decode(spec.encoding).encode("utf-8"))
     try:
         # The header is read as data so that duplicate names reach us instead of being renamed by polars.
+        # low_memory: a 1M-row list peaks at 264 MiB instead of 290-300, for 0.6 s more reading.
         raw = pl.read_csv(
             source,
             has_header=False,
@@ -346,6 +347,7 @@ def _read_csv(path: Path, spec: InputSpec) -> tuple[pl.DataFrame, int | None]:
             raise_if_empty=True,
             truncate_ragged_lines=False,
             glob=False,
+            low_memory=True,
         )
     except pl.exceptions.NoDataError:
         raise InputError(path, None, "empty file") from None
