@@ -9,4 +9,9 @@ phase: +172 MiB kept, +127 MiB returned at once; see docs/decisions.md#d27). An 
 
 import os
 
-os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+# What polars writes into the environment when it is imported: a process started by a Python program that
+# uses polars inherits it, and it is no operator's choice.
+_POLARS_OWN = "dirty_decay_ms:500,muzzy_decay_ms:1000"
+
+if os.environ.get("_RJEM_MALLOC_CONF", _POLARS_OWN) == _POLARS_OWN:
+    os.environ["_RJEM_MALLOC_CONF"] = "dirty_decay_ms:0,muzzy_decay_ms:0"

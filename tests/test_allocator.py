@@ -22,6 +22,12 @@ def test_freed_memory_is_returned_at_once_by_default() -> None:
     assert _conf(env).endswith(",dirty_decay_ms:0,muzzy_decay_ms:0")
 
 
+def test_polars_own_setting_inherited_from_a_parent_process_is_not_an_operators() -> None:
+    # A parent that imported polars (a test runner, the bench) passes polars' default on to its children.
+    conf = _conf({**os.environ, "_RJEM_MALLOC_CONF": "dirty_decay_ms:500,muzzy_decay_ms:1000"})
+    assert conf.endswith(",dirty_decay_ms:0,muzzy_decay_ms:0")
+
+
 def test_an_operators_own_setting_wins() -> None:
     conf = _conf({**os.environ, "_RJEM_MALLOC_CONF": "dirty_decay_ms:5000"})
     assert conf.endswith(",dirty_decay_ms:5000")
