@@ -118,8 +118,11 @@ def running_sim(
     extra_args: Sequence[str] = (),
     ready_timeout_s: float = 30.0,
     stderr: int | None = None,
+    nice: int = 0,
 ) -> Iterator[SimProcess]:
-    """Run `python -m spine_sim` until the block ends; waits for its ready line rather than sleeping."""
+    """Run `python -m spine_sim` until the block ends; waits for its ready line rather than sleeping.
+
+    `nice` > 0 runs it at that lower CPU priority (with `nice`, so every thread it starts has it too)."""
     cmd = [
         sys.executable,
         "-m",
@@ -137,6 +140,8 @@ def running_sim(
         "--log-arrivals",
         *extra_args,
     ]
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     assert proc.stdout is not None
