@@ -4,7 +4,8 @@ Importing the package sets one process-wide default, before anything imports pol
 brings (jemalloc) returns freed memory to the system at once, where polars' own setting keeps it for up to
 1.5 s (still counted as the process's memory). A run builds and drops several frames of every child within
 seconds when it writes its reports, and kept, that memory added up to its peak (a 100,000-child report
-phase: +172 MiB kept, +127 MiB returned at once; see docs/decisions.md#d27). An operator's own `_RJEM_MALLOC_CONF` wins.
+phase: +172 MiB kept, +127 MiB returned at once; see docs/decisions.md#d27). An operator's own
+`_RJEM_MALLOC_CONF` wins; polars' own, inherited from a parent process that imported it, does not.
 """
 
 import os
