@@ -190,6 +190,9 @@ def test_a_flagged_row_has_a_row_per_plan_with_whether_it_is_active_on_its_appoi
                 plan("CPP", "2027-01-13T00:00", None),  # starts the day after it
                 plan("CPP", "2026-05-01", "2026-06-30"),
                 plan("UCP", None, "not a date"),
+                # Dates not in ISO form are unreadable, never guessed at: the plan counts as open that side.
+                plan("LAC", "2027/01/13", None),
+                plan("UCP", "2026-01-01", "2027/01/10"),
             ),
             flagged(C, plan("CPP", "2027-01-11", "2027-01-11", la="E09000007"), message_id="M-C"),
             # A flagged answer stored without plans (outcomes.py makes such a REPC an error) has no plan row.
@@ -214,12 +217,16 @@ def test_a_flagged_row_has_a_row_per_plan_with_whether_it_is_active_on_its_appoi
         (a_list, 1, A, "CPP", "2026-05-01", "2026-06-30", False),
         (a_list, 1, A, "CPP", "2027-01-13T00:00", None, False),
         (a_list, 1, A, "LAC", "2026-01-01", "2027-01-12T00:00", True),
+        (a_list, 1, A, "LAC", "2027/01/13", None, True),
+        (a_list, 1, A, "UCP", "2026-01-01", "2027/01/10", True),
         (a_list, 1, A, "UCP", None, "not a date", True),
         # No appointment date: the run's reference date decides.
         (a_list, 4, C, "CPP", "2027-01-11", "2027-01-11", True),
         (b_list, 2, A, "CPP", "2026-05-01", "2026-06-30", False),
         (b_list, 2, A, "CPP", "2027-01-13T00:00", None, True),
         (b_list, 2, A, "LAC", "2026-01-01", "2027-01-12T00:00", False),
+        (b_list, 2, A, "LAC", "2027/01/13", None, True),
+        (b_list, 2, A, "UCP", "2026-01-01", "2027/01/10", True),
         (b_list, 2, A, "UCP", None, "not a date", True),
     ]
     c_row = rows.filter(pl.col("nhs_number") == C).row(0, named=True)
@@ -279,9 +286,9 @@ def test_the_reports_of_a_run_are_built_together(tmp_path: Path) -> None:
         (D, "error"),
     ]
     assert frames.exceptions.columns == frames.results.columns
-    assert frames.changes.select("nhs_number", "change").rows() == [
-        (A, "newly_flagged"),
-        (B, "no_longer_flagged"),
+    assert frames.changes.select("nhs_number", "change", "previous_run_id", "run_id").rows() == [
+        (A, "newly_flagged", "PREVIOUS-RUN", "THIS-RUN"),
+        (B, "no_longer_flagged", "PREVIOUS-RUN", "THIS-RUN"),
     ]
     assert frames.context.select("source_row", "clinic", "patient_name").rows() == [
         (1, "Eyes", "Ed"),
@@ -305,6 +312,14 @@ def test_the_reports_of_a_run_are_built_together(tmp_path: Path) -> None:
         "no_longer_flagged": 1,
     }
     assert set(EXCEPTION_OUTCOMES) == {"invalid_nhs_number", "error", "no_reply"}
+
+
+def test_a_flagged_row_without_an_appointment_date_is_judged_on_the_runs_reference_date(
+    tmp_path: Path,
+) -> None:
+    outcomes = frame_of_outcomes([flagged(C, plan("CPP", "2027-01-11", "2027-01-11"))])
+    frames = build_reports(_patients(tmp_path), outcomes, REFERENCE, run_id="THIS-RUN", previous=None)
+    assert frames.flagged.select("nhs_number", "plan_active_on_appointment").rows() == [(C, True)]
 
 
 def test_changes_name_the_child_from_its_first_row(tmp_path: Path) -> None:

@@ -154,6 +154,28 @@ async def test_an_answer_without_an_attempt_changes_no_child(tmp_path: Path) -> 
     assert all(o.outcome is None for o in outcomes)
 
 
+async def test_a_correlated_message_that_says_nothing_about_the_child_changes_no_child(
+    tmp_path: Path,
+) -> None:
+    # An MCCI AA names its attempt but decides nothing: it is filed, and the child is still open.
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run_id = await _new_run(store)
+        ref = _ref(run_id, NHS_A)
+        await store.record_attempt(ref, 1, SENT)
+        stored = await store.store_inbound(
+            _inbound(ref.message_id),
+            attempt=ref,
+            disposition=Disposition.INFORMATIONAL,
+            detail=None,
+            resolution=None,
+        )
+        outcomes = {o.nhs_number: o for o in await store.outcomes(run_id)}
+        counts = await store.run_counts(run_id)
+    assert stored == StoredInbound(Disposition.INFORMATIONAL, b"ack")
+    assert outcomes[NHS_A].outcome is None
+    assert counts.inbound == {Disposition.INFORMATIONAL: 1}
+
+
 async def test_correlation_by_message_conversation_or_query_id(tmp_path: Path) -> None:
     async with Store.open(tmp_path / "state.sqlite") as store:
         run_id = await _new_run(store)
