@@ -6,13 +6,54 @@ names; every key the caller wants otherwise is a plain dict update before `write
 
 from __future__ import annotations
 
+import random
 import socket
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Below the ephemeral range, from here up: clear of the well-known ports most services take.
+_LOWEST = 10_000
+_given: set[int] = set()
+_given_lock = threading.Lock()
+_rng = random.SystemRandom()
+
+
+def _ephemeral_low() -> int | None:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port() -> int:
+    """A loopback port that is free now and that nothing else will be handed in the meantime.
+
+    The caller binds it later (a job's reply endpoint), so a port the kernel chose with `bind(0)` could be
+    handed again before then: to the simulator's own `bind(0)`, or as the local end of any connection.
+    Ports below the ephemeral range are never handed out that way, so one is drawn from there, and no
+    port is given twice in a process (the bench draws from two threads). Where that range is unknown or
+    too small, the kernel chooses.
+    """
+    low = _ephemeral_low()
+    if low is not None and low - _LOWEST >= 1_000:
+        with _given_lock:
+            for _ in range(200):
+                port = _rng.randrange(_LOWEST, low)
+                if port not in _given and _bindable(port):
+                    _given.add(port)
+                    return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
