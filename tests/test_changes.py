@@ -21,7 +21,7 @@ from batch.changes import (
     plan_open,
 )
 from batch.states import Outcome, RunStatus
-from batch.store import ChildOutcome, FlagResult, PlanRow, Run, Store, frame_of_outcomes
+from batch.store import ChildOutcome, FlagResult, PlanRow, Run, Store, frame_of_outcomes, state_file
 
 DAY1 = date(2027, 1, 10)
 DAY2 = date(2027, 1, 11)
@@ -335,3 +335,18 @@ async def test_the_previous_complete_run_is_the_jobs_last_finished_one(tmp_path:
             "R3", "job", "2027-01-10", third.started_at, False
         )
         assert fourth.run_id == "R4"
+
+
+async def test_runs_finished_within_one_millisecond_are_ordered_as_they_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fast machine ends two runs' rows in the same millisecond; the later one must still see the earlier.
+    monkeypatch.setattr(state_file, "utcnow", lambda: "2027-01-10T02:00:00.000+00:00")
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        for run_id in ("R1", "R2", "R3"):
+            await store.begin_or_resume_run(
+                run_id=run_id, job_name="job", input_fingerprint=run_id, reference_date="2027-01-10"
+            )
+            await store.end_run(run_id, RunStatus.COMPLETE)
+        found = [await store.previous_complete_run(run_id) for run_id in ("R1", "R2", "R3")]
+    assert [run.run_id if run else None for run in found] == [None, "R1", "R2"]

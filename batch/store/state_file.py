@@ -618,8 +618,10 @@ class Store:
         rows = await self._read(
             "SELECT p.run_id, p.job_name, p.reference_date, p.started_at FROM runs r"
             " JOIN runs p ON p.job_name = r.job_name AND p.run_id != r.run_id"
-            " WHERE r.run_id = ? AND p.status = ? AND (r.status != ? OR p.finished_at < r.finished_at)"
-            " ORDER BY p.finished_at DESC, p.started_at DESC LIMIT 1",
+            # Times are to the millisecond: runs that finish within one are ordered as they began (rowid).
+            " WHERE r.run_id = ? AND p.status = ?"
+            " AND (r.status != ? OR (p.finished_at, p.rowid) < (r.finished_at, r.rowid))"
+            " ORDER BY p.finished_at DESC, p.rowid DESC LIMIT 1",
             (run_id, RunStatus.COMPLETE.value, RunStatus.COMPLETE.value),
         )
         return records.Run(rows[0][0], rows[0][1], rows[0][2], rows[0][3], resumed=False) if rows else None
