@@ -7,6 +7,8 @@ the job does not name is null throughout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 from batch.patients import (
@@ -32,6 +34,17 @@ def row_context(patients: pl.DataFrame) -> pl.DataFrame:
         pl.col(DATE_OF_BIRTH).alias("date_of_birth"),
         pl.col(APPOINTMENT_DATE).dt.to_string("%Y-%m-%d").alias("appointment_date"),
     )
+
+
+def row_context_of(patients: pl.DataFrame) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    """`row_context` of just the input rows asked for (`source_file`, `source_row`): the page shows flagged and
+    exception rows only, so the context of every row of a run is never made."""
+
+    def context(rows: pl.DataFrame) -> pl.DataFrame:
+        keys = rows.select(pl.col("source_file").alias(SOURCE_FILE), pl.col("source_row").alias(SOURCE_ROW))
+        return row_context(patients.join(keys, on=[SOURCE_FILE, SOURCE_ROW], how="semi"))
+
+    return context
 
 
 def child_context(patients: pl.DataFrame) -> pl.DataFrame:

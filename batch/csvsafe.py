@@ -9,6 +9,7 @@ value in a reply, must not become one. Such text cells get a leading `'`, which 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
@@ -27,6 +28,6 @@ def excel_safe(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def write_csv(frame: pl.DataFrame, path: Path) -> None:
-    """Write `frame` as CSV with formula-safe text cells."""
-    excel_safe(frame).write_csv(path)
+def write_csv(frame: pl.DataFrame, path: Path | BinaryIO, *, include_header: bool = True) -> None:
+    """Write `frame` as CSV with formula-safe text cells (to an open file: after what it holds already)."""
+    excel_safe(frame).write_csv(path, include_header=include_header)

@@ -19,6 +19,7 @@ from batch.attempts import AttemptIndex
 from batch.changes import RunOutcomes
 from batch.concurrency import PostConcurrency
 from batch.config import JobConfig
+from batch.context import row_context_of
 from batch.correlate import ReplyProcessor
 from batch.exits import Exit
 from batch.failpoints import failpoint
@@ -31,12 +32,20 @@ from batch.peers import PeerPolicy, PeerPolicyError
 from batch.pipeline import Progress, QueryPipeline
 from batch.progress import ProgressOptions, reporting
 from batch.ratelimit import SlidingWindowLimiter
-from batch.reports import ReportFrames, ReportPaths, build_reports, write_reports
+from batch.reports import (
+    ReportPaths,
+    ReportStager,
+    answered_numbers,
+    build_changes,
+    build_slice,
+    change_counts_for,
+    input_slices,
+)
 from batch.run_inputs import decode as decode_inputs
 from batch.run_inputs import encode as encode_inputs
 from batch.selection import apply_window, query_reasons, reason_frame
 from batch.states import RunStatus
-from batch.store import Run, SenderIdentity, Store, StoreError
+from batch.store import OUTCOME_FRAME_SCHEMA, Run, SenderIdentity, Store, StoreError
 from batch.summary import RunSummary, ThisProcess
 from batch.tls import TlsConfigError, server_context
 from batch.transport import SpineTransport
@@ -241,62 +250,79 @@ async def previous_outcomes(store: Store, run_id: str) -> RunOutcomes | None:
     return RunOutcomes(previous.run_id, date.fromisoformat(previous.reference_date), outcomes)
 
 
+async def stage_reports(
+    store: Store, run_id: str, reference_date: str, patients: pl.DataFrame, directory: Path, privacy: Privacy
+) -> ReportStager:
+    """A run's reports staged in `directory` a slice of input rows at a time, each slice's answers read from the
+    state: the one way they are built, for the run itself and for `cpis-batch report` alike (which must give
+    the same files). Raises UnsafePathError when `directory` is not a private folder of ours."""
+    day = date.fromisoformat(reference_date)
+    stager = ReportStager(directory, privacy)
+    for part in input_slices(patients):
+        outcomes = await store.outcome_frame(run_id, answered_numbers(part))
+        stager.add(*build_slice(part, outcomes, day))
+    return stager
+
+
+async def run_changes(
+    store: Store, run_id: str, reference_date: str, patients: pl.DataFrame
+) -> tuple[pl.DataFrame, RunOutcomes | None]:
+    """The `changes` report since the job's previous complete run, and that run (None: the job's first, when
+    nothing is compared)."""
+    previous = await previous_outcomes(store, run_id)
+    outcomes = (
+        await store.outcome_frame(run_id)
+        if previous is not None
+        else pl.DataFrame(schema=OUTCOME_FRAME_SCHEMA)
+    )
+    current = RunOutcomes(run_id, date.fromisoformat(reference_date), outcomes)
+    return build_changes(patients, current, previous), previous
+
+
 async def _finalise(
     store: Store,
     cfg: JobConfig,
     run: Run,
     sending: _Sending,
     patients: pl.DataFrame,
+    privacy: Privacy,
     *,
     started: float,
     process_started_at: str,
     children: int,
-) -> tuple[ReportFrames, RunSummary]:
-    """The children's outcomes and the run's counts, read once from the state, as reports and a summary."""
-    frames = await report_frames(store, run.run_id, run.reference_date, patients)
+) -> tuple[ReportPaths, RunSummary]:
+    """The run's reports and summary from the outcomes in the state, put in place; the run is then complete."""
+    private_dir(cfg.output_dir, privacy, "output folder")
+    run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
+    stager = await stage_reports(store, run.run_id, run.reference_date, patients, run_dir, privacy)
+    changes, previous = await run_changes(store, run.run_id, run.reference_date, patients)
     counts = await store.run_counts(run.run_id)
+    totals = stager.totals
     summary = _summary(
         cfg,
         run,
         sending,
         process_started_at=process_started_at,
         started=started,
-        rows=frames.results.height,
+        rows=totals.rows,
         children=children,
-        outcomes=frames.outcome_counts(),
-        flagged_plan_rows=frames.flagged.height,
+        outcomes=totals.outcomes,
+        flagged_plan_rows=totals.flagged_rows,
         queries_sent=counts.attempts,
         send_failures=counts.send_failures,
         replies={d.value: n for d, n in sorted(counts.inbound.items())},
         commit_groups=store.commit_groups,
     )
-    return frames, replace(summary, changes=frames.change_counts())
-
-
-async def report_frames(
-    store: Store, run_id: str, reference_date: str, patients: pl.DataFrame
-) -> ReportFrames:
-    """A run's reports from its input rows and the outcomes in the state: the one way they are built, for the
-    run itself and for `cpis-batch report` alike (which must give the same files)."""
-    outcomes = await store.outcome_frame(run_id)
-    previous = await previous_outcomes(store, run_id)
-    return build_reports(
-        patients, outcomes, date.fromisoformat(reference_date), run_id=run_id, previous=previous
-    )
-
-
-async def _report(
-    store: Store, cfg: JobConfig, run: Run, frames: ReportFrames, summary: RunSummary, privacy: Privacy
-) -> ReportPaths:
-    private_dir(cfg.output_dir, privacy, "output folder")
-    run_dir = cfg.output_dir / f"run-{run.reference_date.replace('-', '')}-{run.run_id[:8]}"
+    summary = replace(summary, changes=change_counts_for(changes, previous))
     summary_json = summary.to_json()
-    reports = write_reports(run_dir, frames, summary_json, privacy)
+    reports = stager.finish(
+        changes=changes, previous=previous, context_of=row_context_of(patients), summary_json=summary_json
+    )
     # Readers follow `latest`; it is swapped in one rename, never edited in place.
     point_link(cfg.output_dir / "latest", run_dir.name)
     # The summary is kept with the run: `cpis-batch report` writes it again as it was.
     await store.end_run(run.run_id, RunStatus.COMPLETE, summary_json)
-    return reports
+    return reports, summary
 
 
 def _summary(
@@ -382,17 +408,17 @@ async def run_job(
             run = prepared.run
             try:
                 sending = await _send_and_await(store, cfg, run, sock, ssl_context, progress)
-                frames, summary = await _finalise(
+                reports, summary = await _finalise(
                     store,
                     cfg,
                     run,
                     sending,
                     prepared.patients,
+                    privacy,
                     started=started,
                     process_started_at=process_started_at,
                     children=prepared.children,
                 )
-                reports = await _report(store, cfg, run, frames, summary, privacy)
             except Exception:
                 await _mark_failed(store, run)
                 raise

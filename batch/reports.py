@@ -9,7 +9,7 @@ what changed since the job's previous complete run (batch/changes.py); `summary.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -23,7 +23,14 @@ from batch.context import PERSON_COLUMNS, child_context, row_context
 from batch.csvsafe import write_csv
 from batch.failpoints import failpoint
 from batch.files import Privacy, clear_staged, private_dir, stage
-from batch.patients import APPOINTMENT_DATE, NHS_NUMBER, RESERVED_COLUMNS, WINDOW_REASON
+from batch.patients import (
+    APPOINTMENT_DATE,
+    NHS_NUMBER,
+    RESERVED_COLUMNS,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    WINDOW_REASON,
+)
 from batch.states import Outcome
 from batch.summary import RunSummary
 from batch.summary_html import summary_html_pieces
@@ -218,9 +225,7 @@ class ReportFrames:
 
     def change_counts(self) -> dict[str, int] | str:
         """Change rows per kind, every kind present; `first_run` when there was nothing to compare with."""
-        if self.previous is None:
-            return "first_run"
-        return change_counts_of(self.changes)
+        return change_counts_for(self.changes, self.previous)
 
     def outcome_counts(self) -> dict[str, int]:
         """Rows per outcome, every outcome present (the one place outcomes are counted)."""
@@ -228,6 +233,11 @@ class ReportFrames:
         for outcome, n in self.results.group_by("outcome").len().iter_rows():
             counts[outcome] = n
         return counts
+
+
+def change_counts_for(changes: pl.DataFrame, previous: RunOutcomes | None) -> dict[str, int] | str:
+    """Change rows per kind, every kind present; `first_run` when there was nothing to compare with."""
+    return "first_run" if previous is None else change_counts_of(changes)
 
 
 def change_counts_of(changes: pl.DataFrame) -> dict[str, int]:
@@ -271,41 +281,209 @@ def _write_pieces(path: Path, pieces: Iterable[str]) -> None:
         fh.writelines(pieces)
 
 
-def write_reports(directory: Path, frames: ReportFrames, summary_json: str, privacy: Privacy) -> ReportPaths:
-    """Write every report under a temporary name, then rename each into place (a reader never sees half a file).
+def _fsync(path: Path) -> None:
+    with path.open("rb") as written:
+        os.fsync(written.fileno())
 
-    Raises UnsafePathError when the run folder exists but is not a private folder of ours. `summary.html` is
-    made from the frames and `summary_json`, so writing a run's reports again gives the same page.
+
+# Input rows per slice when a run's reports are built from the state: a run's reports then cost about one
+# slice's frames, not a whole run's (decision D27).
+SLICE_ROWS = 10_000
+
+
+def input_slices(patients: pl.DataFrame, rows: int | None = None) -> Iterator[pl.DataFrame]:
+    """The input rows in report order (list, then row), `rows` (default `SLICE_ROWS`) at a time; always at
+    least one slice."""
+    rows = rows or SLICE_ROWS
+    keys = patients.select(pl.col(SOURCE_FILE), pl.col(SOURCE_ROW))
+    ordered = keys.equals(keys.sort(SOURCE_FILE, SOURCE_ROW))
+    order = None if ordered else patients.select(pl.arg_sort_by(SOURCE_FILE, SOURCE_ROW)).to_series()
+    del keys
+    for start in range(0, max(patients.height, 1), rows):
+        yield patients.slice(start, rows) if order is None else patients[order.slice(start, rows)]
+
+
+def answered_numbers(part: pl.DataFrame) -> list[str]:
+    """The NHS numbers of a slice of input rows whose answers its reports show."""
+    return part.get_column(NHS_NUMBER).drop_nulls().unique().to_list()
+
+
+def build_slice(
+    part: pl.DataFrame, outcomes: pl.DataFrame, reference_date: date
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The results (public columns) and flagged rows of a slice of input rows, from those children's outcomes."""
+    results = build_results(part, outcomes)
+    flagged = build_flagged(results, outcomes, reference_date)
+    return results.drop(APPOINTMENT_DATE), flagged
+
+
+@dataclass(frozen=True)
+class ReportTotals:
+    """What the summary counts of the rows staged so far."""
+
+    rows: int
+    outcomes: dict[str, int]
+    """Rows per outcome, every outcome present."""
+    flagged_rows: int
+
+
+@dataclass(frozen=True)
+class _Page:
+    flagged: pl.DataFrame
+    exceptions: pl.DataFrame
+    changes: pl.DataFrame
+    context: pl.DataFrame
+    previous: RunOutcomes | None
+
+
+# The columns the page shows from the flagged and exception rows (batch/summary_html.py), and those the row
+# context adds, which an input column of the same name would take the place of.
+_PAGE_FLAGGED = ("source_file", "source_row", "nhs_number", *PLAN_COLUMNS)
+_PAGE_EXCEPTIONS = ("source_file", "source_row", "nhs_number", "outcome", "reason")
+_CONTEXT_NAMES = ("clinic", "patient_name", "date_of_birth", "appointment_date")
+
+
+# Rows per row group of the Parquet files joined from slices: polars' default (the whole file, up to 512²
+# rows) held every slice at once while joining (+43 MiB at 100,000 rows; +23 at this size).
+_ROW_GROUP = 10_000
+
+
+def _shown_columns(path: Path, columns: tuple[str, ...]) -> list[str]:
+    names = pl.scan_parquet(path).collect_schema().names()
+    return [c for c in names if c in columns or c in _CONTEXT_NAMES]
+
+
+class ReportStager:
+    """A run's reports, staged under temporary names a slice of input rows at a time (`add`), then completed
+    and renamed into place together (`finish`); a reader never sees half a file, and no whole-run frame is
+    held: Parquet slices are joined on disk, CSV rows appended, and the page and workbook read back only the
+    columns they show.
+
+    Raises UnsafePathError when the run folder exists but is not a private folder of ours.
     """
-    summary = RunSummary.from_json(summary_json)
-    private_dir(directory, privacy, "run folder")
-    # Staged files of a process killed mid-write are never renamed into place; clear them away.
-    clear_staged(directory)
-    paths = ReportPaths(
-        directory=directory,
-        results=directory / "results.parquet",
-        flagged_parquet=directory / "flagged.parquet",
-        flagged_csv=directory / "flagged.csv",
-        exceptions=directory / "exceptions.csv",
-        summary=directory / "summary.json",
-        flagged_xlsx=directory / "flagged.xlsx",
-        changes_parquet=directory / "changes.parquet",
-        changes_csv=directory / "changes.csv",
-        summary_html=directory / "summary.html",
+
+    def __init__(self, directory: Path, privacy: Privacy) -> None:
+        private_dir(directory, privacy, "run folder")
+        # Staged files of a process killed mid-write are never renamed into place; clear them away.
+        clear_staged(directory)
+        self.paths = ReportPaths(
+            directory=directory,
+            results=directory / "results.parquet",
+            flagged_parquet=directory / "flagged.parquet",
+            flagged_csv=directory / "flagged.csv",
+            exceptions=directory / "exceptions.csv",
+            summary=directory / "summary.json",
+            flagged_xlsx=directory / "flagged.xlsx",
+            changes_parquet=directory / "changes.parquet",
+            changes_csv=directory / "changes.csv",
+            summary_html=directory / "summary.html",
+        )
+        self._privacy = privacy
+        self._parts: dict[Path, list[Path]] = {self.paths.results: [], self.paths.flagged_parquet: []}
+        self._appended = {
+            final: stage(final, lambda _: None, privacy)
+            for final in (self.paths.flagged_csv, self.paths.exceptions)
+        }
+        self._slices = 0
+        self._rows = 0
+        self._flagged_rows = 0
+        self._outcomes = {o.value: 0 for o in Outcome}
+
+    @property
+    def totals(self) -> ReportTotals:
+        return ReportTotals(self._rows, dict(self._outcomes), self._flagged_rows)
+
+    def add(self, results: pl.DataFrame, flagged: pl.DataFrame) -> None:
+        """Stage one slice: its results (public columns) and flagged rows, each in report order and after every
+        earlier slice's. `finish` needs at least one slice, which may be empty."""
+        self._parts[self.paths.results].append(
+            stage(self.paths.results, results.write_parquet, self._privacy)
+        )
+        self._parts[self.paths.flagged_parquet].append(
+            stage(self.paths.flagged_parquet, flagged.write_parquet, self._privacy)
+        )
+        first = self._slices == 0
+        self._slices += 1
+        exceptions = results.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
+        for final, frame in ((self.paths.flagged_csv, flagged), (self.paths.exceptions, exceptions)):
+            with self._appended[final].open("ab") as fh:
+                write_csv(frame, fh, include_header=first)
+        self._rows += results.height
+        self._flagged_rows += flagged.height
+        for outcome, n in results.group_by("outcome").len().iter_rows():
+            self._outcomes[outcome] += n
+
+    def _join_parts(self, final: Path) -> Path:
+        parts = self._parts.pop(final)
+        staged = stage(
+            final, lambda p: pl.scan_parquet(parts).sink_parquet(p, row_group_size=_ROW_GROUP), self._privacy
+        )
+        for part in parts:
+            part.unlink()
+        return staged
+
+    def finish(
+        self,
+        *,
+        changes: pl.DataFrame,
+        previous: RunOutcomes | None,
+        context_of: Callable[[pl.DataFrame], pl.DataFrame],
+        summary_json: str,
+    ) -> ReportPaths:
+        """Stage the rest (`changes`, the summary, the workbook, the page) and rename every file into place.
+
+        `context_of(rows)`: the row context (batch/context.py) of at least the input rows `rows` names
+        (`source_file`, `source_row`). `summary.html` is made from the staged rows and `summary_json`, so
+        writing a run's reports again gives the same page.
+        """
+        summary = RunSummary.from_json(summary_json)
+        paths = self.paths
+        staged = {final: self._join_parts(final) for final in (paths.results, paths.flagged_parquet)}
+        for final, tmp in self._appended.items():
+            _fsync(tmp)
+            staged[final] = tmp
+        flagged_file, results_file = staged[paths.flagged_parquet], staged[paths.results]
+        staged[paths.flagged_xlsx] = stage(
+            paths.flagged_xlsx,
+            lambda p: write_xlsx(pl.read_parquet(flagged_file), p, "flagged"),
+            self._privacy,
+        )
+        flagged = pl.read_parquet(flagged_file, columns=_shown_columns(flagged_file, _PAGE_FLAGGED))
+        exceptions = (
+            pl.scan_parquet(results_file)
+            .filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
+            .select(_shown_columns(results_file, _PAGE_EXCEPTIONS))
+            .collect()
+        )
+        shown = pl.concat(
+            [flagged.select("source_file", "source_row"), exceptions.select("source_file", "source_row")]
+        )
+        page = _Page(flagged, exceptions, changes, context_of(shown.unique()), previous)
+        writers: list[tuple[Path, Callable[[Path], object]]] = [
+            (paths.summary, lambda p: p.write_text(summary_json)),
+            (paths.changes_parquet, changes.write_parquet),
+            (paths.changes_csv, lambda p: write_csv(changes, p)),
+            (paths.summary_html, lambda p: _write_pieces(p, summary_html_pieces(page, summary))),
+        ]
+        for final, write in writers:
+            staged[final] = stage(final, write, self._privacy)
+        failpoint("reports_staged")
+        for final, tmp in staged.items():
+            os.replace(tmp, final)
+        return paths
+
+
+def write_reports(directory: Path, frames: ReportFrames, summary_json: str, privacy: Privacy) -> ReportPaths:
+    """Write every report of `frames` under a temporary name, then rename each into place (`ReportStager`, with
+    the whole run as one slice).
+
+    Raises UnsafePathError when the run folder exists but is not a private folder of ours.
+    """
+    stager = ReportStager(directory, privacy)
+    stager.add(frames.results, frames.flagged)
+    return stager.finish(
+        changes=frames.changes,
+        previous=frames.previous,
+        context_of=lambda _: frames.context,
+        summary_json=summary_json,
     )
-    writers: list[tuple[Path, Callable[[Path], object]]] = [
-        (paths.results, frames.results.write_parquet),
-        (paths.flagged_parquet, frames.flagged.write_parquet),
-        (paths.flagged_csv, lambda p: write_csv(frames.flagged, p)),
-        (paths.exceptions, lambda p: write_csv(frames.exceptions, p)),
-        (paths.summary, lambda p: p.write_text(summary_json)),
-        (paths.flagged_xlsx, lambda p: write_xlsx(frames.flagged, p, "flagged")),
-        (paths.changes_parquet, frames.changes.write_parquet),
-        (paths.changes_csv, lambda p: write_csv(frames.changes, p)),
-        (paths.summary_html, lambda p: _write_pieces(p, summary_html_pieces(frames, summary))),
-    ]
-    staged = [(final, stage(final, write, privacy)) for final, write in writers]
-    failpoint("reports_staged")
-    for final, tmp in staged:
-        os.replace(tmp, final)
-    return paths

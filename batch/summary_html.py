@@ -16,7 +16,7 @@ import html
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -25,8 +25,20 @@ from batch.reasons import OUTCOME_TEXT, explain
 from batch.states import Outcome
 from batch.summary import RunSummary
 
-if TYPE_CHECKING:  # batch.reports renders this page, so imports it at run time
-    from batch.reports import ReportFrames
+
+class PageFrames(Protocol):
+    """What the page shows beyond the summary's counts (`batch.reports.ReportFrames` is one, and so is the page `batch.reports.ReportStager` reads back)."""
+
+    @property
+    def flagged(self) -> pl.DataFrame: ...
+    @property
+    def exceptions(self) -> pl.DataFrame: ...
+    @property
+    def changes(self) -> pl.DataFrame: ...
+    @property
+    def context(self) -> pl.DataFrame: ...
+    @property
+    def previous(self) -> RunOutcomes | None: ...
 
 
 class Markup(str):
@@ -224,7 +236,7 @@ def _run_of(run: RunOutcomes) -> str:
     return f"the run of {run.reference_date.isoformat()} (run {run.run_id[:8]})"
 
 
-def _changes(frames: ReportFrames) -> Markup:
+def _changes(frames: PageFrames) -> Markup:
     previous, changes = frames.previous, frames.changes
     if previous is None:
         body = [el("p", "This is the job's first complete run, so there is nothing to compare with yet.")]
@@ -342,7 +354,7 @@ def _children(n: int) -> str:
     return f"{n} {'child' if n == 1 else 'children'}"
 
 
-def _flagged(frames: ReportFrames, reference_date: str) -> Iterator[Markup]:
+def _flagged(frames: PageFrames, reference_date: str) -> Iterator[Markup]:
     flagged = frames.flagged.join(frames.context, on=["source_file", "source_row"], how="left")
     shown = _Shown.of(flagged)
     appointment = _has(flagged, "appointment_date")
@@ -409,7 +421,7 @@ def _flagged(frames: ReportFrames, reference_date: str) -> Iterator[Markup]:
 EXCEPTION_ROWS_SHOWN = 2_000
 
 
-def _exceptions(frames: ReportFrames) -> Markup:
+def _exceptions(frames: PageFrames) -> Markup:
     exceptions = frames.exceptions.join(frames.context, on=["source_file", "source_row"], how="left")
     shown = _Shown.of(exceptions)
     head = [
@@ -460,12 +472,12 @@ def _exceptions(frames: ReportFrames) -> Markup:
     )
 
 
-def render_summary_html(frames: ReportFrames, summary: RunSummary) -> str:
+def render_summary_html(frames: PageFrames, summary: RunSummary) -> str:
     """The whole page, as text."""
     return "".join(summary_html_pieces(frames, summary))
 
 
-def summary_html_pieces(frames: ReportFrames, summary: RunSummary) -> Iterator[str]:
+def summary_html_pieces(frames: PageFrames, summary: RunSummary) -> Iterator[str]:
     """The whole page, a piece at a time, to be written as it is made (`render_summary_html` joins them)."""
     title = f"CP-IS pre-check: {summary.job}, {summary.reference_date}"
     profile = (

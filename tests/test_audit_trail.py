@@ -17,7 +17,9 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import pytest
 
+from batch import reports
 from batch.audit import AUDIT_SCHEMA
+from batch.cli.report import report_command
 from batch.pki import DevPki
 from spine_sim.dataset import RecordsFound, load_dataset, random_test_number
 from spine_sim.jobfile import free_port, job_tables, write_job
@@ -442,6 +444,16 @@ def test_report_writes_the_last_complete_runs_reports_again(windowed: WindowedRu
     assert stat.S_IMODE(again.stat().st_mode) == 0o700
     _same_reports(windowed.run_dir, again)
     assert os.readlink(windowed.tmp / "out" / "latest") == latest
+
+
+def test_reports_built_a_few_rows_at_a_time_are_the_same(
+    windowed: WindowedRun, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The run and `report` read answers a slice of input rows at a time; slices of 2 rows must change nothing.
+    monkeypatch.setattr(reports, "SLICE_ROWS", 2)
+    assert report_command(windowed.job, None) == 0
+    again = Path(capsys.readouterr().out.strip().removeprefix("reports: "))
+    _same_reports(windowed.run_dir, again)
 
 
 def test_report_of_a_run_named_by_its_id(windowed: WindowedRun) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from batch import reports
 from batch.changes import ChangeKind, RunOutcomes
+from batch.context import row_context_of
 from batch.files import Privacy, UnsafePathError
 from batch.patients import APPOINTMENT_DATE, WINDOW_REASON, InputSpec, read_patient_lists
 from batch.reports import (
@@ -18,11 +19,16 @@ from batch.reports import (
     FLAGGED_COLUMNS,
     RESULT_COLUMNS,
     ReportFrames,
+    ReportStager,
+    ReportTotals,
+    answered_numbers,
     build_changes,
     build_flagged,
     build_reports,
     build_results,
+    build_slice,
     change_counts_of,
+    input_slices,
     write_reports,
 )
 from batch.selection import apply_window
@@ -391,6 +397,57 @@ def test_every_report_is_written_into_a_new_private_run_folder(tmp_path: Path) -
     ).encode("utf-8")
     with zipfile.ZipFile(paths.flagged_xlsx) as workbook:
         assert 'name="flagged"' in workbook.read("xl/workbook.xml").decode()
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_reports_written_a_slice_at_a_time_are_those_of_the_whole_run(tmp_path: Path, rows: int) -> None:
+    # The job stages its reports a slice of input rows at a time, each slice's answers read on their own; the
+    # rows arrive here in reverse, so the slices must be taken in report order, not as given.
+    patients = _patients(tmp_path)
+    whole = build_reports(patients, _now(), REFERENCE, run_id="THIS-RUN", previous=_previous())
+    summary = _summary(whole)
+    expected = write_reports(tmp_path / "whole", whole, summary, Privacy())
+    stager = ReportStager(tmp_path / "sliced", Privacy())
+    slices = list(input_slices(patients.reverse(), rows))
+    assert len(slices) == -(-patients.height // rows)
+    for part in slices:
+        answers = _now().filter(pl.col("nhs_number").is_in(answered_numbers(part)))
+        stager.add(*build_slice(part, answers, REFERENCE))
+    assert stager.totals == ReportTotals(whole.results.height, whole.outcome_counts(), whole.flagged.height)
+    got = stager.finish(
+        changes=whole.changes,
+        previous=whole.previous,
+        context_of=row_context_of(patients),
+        summary_json=summary,
+    )
+    assert sorted(p.name for p in got.directory.iterdir()) == sorted(
+        p.name for p in expected.directory.iterdir()
+    )
+    for name in ("results.parquet", "flagged.parquet", "changes.parquet"):
+        assert pl.read_parquet(got.directory / name).equals(pl.read_parquet(expected.directory / name)), name
+    for name in ("flagged.csv", "exceptions.csv", "changes.csv", "summary.json", "summary.html"):
+        assert (got.directory / name).read_bytes() == (expected.directory / name).read_bytes(), name
+    sheet = "xl/worksheets/sheet1.xml"
+    with zipfile.ZipFile(got.flagged_xlsx) as mine, zipfile.ZipFile(expected.flagged_xlsx) as theirs:
+        assert mine.read(sheet) == theirs.read(sheet)
+
+
+def test_slices_of_no_rows_still_give_every_report(tmp_path: Path) -> None:
+    patients = _patients(tmp_path).clear()
+    stager = ReportStager(tmp_path / "run", Privacy())
+    for part in input_slices(patients, 2):
+        stager.add(*build_slice(part, _now().clear(), REFERENCE))
+    assert stager.totals == ReportTotals(0, {o.value: 0 for o in Outcome}, 0)
+    empty = build_reports(patients, _now().clear(), REFERENCE, run_id="THIS-RUN", previous=None)
+    paths = stager.finish(
+        changes=empty.changes,
+        previous=None,
+        context_of=row_context_of(patients),
+        summary_json=_summary(empty),
+    )
+    assert pl.read_parquet(paths.results).columns == empty.results.columns
+    assert pl.read_csv(paths.flagged_csv).columns == list(empty.flagged.columns)
+    assert "No child on these lists is flagged" in paths.summary_html.read_text()
 
 
 def test_writing_again_replaces_the_reports_and_clears_what_a_killed_write_left(tmp_path: Path) -> None:

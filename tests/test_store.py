@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import polars as pl
 import pytest
 
 from batch.files import UnsafePathError
@@ -738,3 +739,24 @@ async def test_a_group_under_way_finishes_when_the_writer_is_cancelled(tmp_path:
         release.set()
     assert results == [1]
     assert conn.execute("SELECT k FROM t").fetchall() == [(1,)]
+
+
+async def test_the_outcomes_of_some_children_are_those_of_the_whole_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reports read a slice of input rows' answers at a time; pages of 2 make each read take several.
+    monkeypatch.setattr(state_file, "_PAGE_ROWS", 2)
+    numbers = [f"999000{n:04d}" for n in range(7)]
+    async with Store.open(tmp_path / "state.sqlite") as store:
+        run_id = await _new_run(store)
+        await store.add_children(run_id, numbers)
+        other = await _new_run(store, fingerprint="f2")
+        await store.add_children(other, numbers)
+        whole = await store.outcome_frame(run_id)
+        wanted = [numbers[5], NHS_B, numbers[0], numbers[3], "9990009999", numbers[6]]
+        some = await store.outcome_frame(run_id, wanted)
+        none = await store.outcome_frame(run_id, [])
+    assert whole.height == len(numbers) + 2
+    assert some.equals(whole.filter(pl.col("nhs_number").is_in(wanted)))
+    assert some.get_column("nhs_number").to_list() == sorted(n for n in wanted if n != "9990009999")
+    assert none.is_empty() and none.schema == whole.schema

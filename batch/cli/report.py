@@ -1,13 +1,14 @@
 """`cpis-batch report JOB.toml [--run ID]`: write a run's reports again, from the state, into a new folder.
 
 The run's input rows and summary are in the state (kept when it started and when it completed), and the reports
-are built by the job's own path (`batch.job.report_frames`, `batch.reports.write_reports`), so the files equal
+are built by the job's own path (`batch.job.stage_reports`, `batch.reports.ReportStager`), so the files equal
 the originals. It only reads the state (no lock; it may run beside a run of the job) and writes a new folder
-`output_dir/report-<run8>-<UTC time>/`; `latest` is left alone.
+`output_dir/report-<run8>-<UTC time>/` (`-2`... when that is taken); `latest` is left alone.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,10 +17,11 @@ import anyio
 
 from batch.cli.common import OpenJob, fail, known, open_job
 from batch.config import ConfigError
+from batch.context import row_context_of
 from batch.exits import Exit
 from batch.files import UnsafePathError, private_dir
-from batch.job import report_frames
-from batch.reports import ReportPaths, write_reports
+from batch.job import run_changes, stage_reports
+from batch.reports import ReportPaths
 from batch.run_inputs import decode as decode_inputs
 from batch.states import RunStatus
 from batch.store import Store, StoreError, StoreOpenError
@@ -32,6 +34,12 @@ class ReportError(Exception):
 
 
 _USAGE_ERRORS = (ReportError, StoreOpenError, UnsafePathError)
+
+
+def _new_folder(parent: Path, name: str) -> Path:
+    # Two reports of a run within one second get `-2`, `-3`...: never an existing folder or link.
+    candidates = (parent / (name if n == 1 else f"{name}-{n}") for n in itertools.count(1))
+    return next(path for path in candidates if not (path.exists() or path.is_symlink()))
 
 
 async def _report(job: OpenJob, run_id: str | None) -> ReportPaths:
@@ -58,12 +66,13 @@ async def _report(job: OpenJob, run_id: str | None) -> ReportPaths:
         if len(kept) != len(inputs.parts):
             raise ReportError(f"run {short}'s input rows were dropped after [retention] raw_days")
         patients = await anyio.to_thread.run_sync(decode_inputs, kept)
-        frames = await report_frames(store, run.run_id, run.reference_date, patients)
-    private_dir(cfg.output_dir, job.privacy, "output folder")
-    directory = cfg.output_dir / f"report-{short}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    if directory.exists() or directory.is_symlink():
-        raise ReportError(f"{directory} exists already; run the command again")
-    return write_reports(directory, frames, run.summary_json, job.privacy)
+        private_dir(cfg.output_dir, job.privacy, "output folder")
+        directory = _new_folder(cfg.output_dir, f"report-{short}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        stager = await stage_reports(store, run.run_id, run.reference_date, patients, directory, job.privacy)
+        changes, previous = await run_changes(store, run.run_id, run.reference_date, patients)
+    return stager.finish(
+        changes=changes, previous=previous, context_of=row_context_of(patients), summary_json=run.summary_json
+    )
 
 
 def report_command(job_file: Path, run_id: str | None) -> int:

@@ -7,6 +7,7 @@ duplicate inbound message, are return values; `StoreError` means the database it
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -626,25 +627,25 @@ class Store:
         )
         return records.Run(rows[0][0], rows[0][1], rows[0][2], rows[0][3], resumed=False) if rows else None
 
-    async def outcome_frame(self, run_id: str) -> pl.DataFrame:
-        """Every child of the run with its outcome, as columns (`OUTCOME_FRAME_SCHEMA`), ordered by NHS number.
+    async def outcome_frame(self, run_id: str, nhs_numbers: Sequence[str] | None = None) -> pl.DataFrame:
+        """Every child of the run with its outcome, as columns (`OUTCOME_FRAME_SCHEMA`), ordered by NHS number;
+        with `nhs_numbers`, only those children (the reports read a slice of input rows' answers at a time).
 
         Read in pages and built column by column, so a run of any size costs no Python object per child;
         `result_json` is the flagged children's `FlagResult` as stored.
         """
+        # One JSON parameter for any number of children (SQLite caps bound parameters, not JSON length); the
+        # children asked for drive the lookup, so a slice costs its own rows, not a scan of the run.
+        wanted = None if nhs_numbers is None else json.dumps(list(nhs_numbers))
         pages: list[pl.DataFrame] = []
         after = ""
         while True:
-            rows = await self._read(
-                "SELECT q.nhs_number, q.outcome, q.reason,"
-                " (SELECT COUNT(*) FROM attempts a WHERE a.run_id = q.run_id AND a.nhs_number = q.nhs_number"
-                "  AND a.status != ?),"
-                " i.attempt_message_id, a.sent_at, q.result_json"
-                " FROM queries q LEFT JOIN inbound i ON i.message_id = q.resolved_by"
-                " LEFT JOIN attempts a ON a.message_id = i.attempt_message_id"
-                " WHERE q.run_id = ? AND q.nhs_number > ? ORDER BY q.nhs_number LIMIT ?",
-                (AttemptStatus.NOT_SENT.value, run_id, after, _PAGE_ROWS),
-            )
+            params: tuple[object, ...]
+            if wanted is None:
+                sql, params = _OUTCOMES, (AttemptStatus.NOT_SENT.value, run_id, after, _PAGE_ROWS)
+            else:
+                sql, params = _OUTCOMES_OF, (AttemptStatus.NOT_SENT.value, wanted, run_id, after, _PAGE_ROWS)
+            rows = await self._read(sql, params)
             if not rows:
                 break
             pages.append(pl.DataFrame(rows, schema=records.OUTCOME_FRAME_SCHEMA, orient="row"))
@@ -670,6 +671,28 @@ class Store:
         inbound = {Disposition(d): n for kind, d, n in rows if kind == "inbound"}
         return records.RunCounts(attempts=attempts, send_failures=unsent, inbound=inbound)
 
+
+# A run's children with their outcomes (`outcome_frame`), a page at a time from `nhs_number > ?`; `_OUTCOMES_OF`
+# takes only the children of a JSON array.
+_OUTCOME_COLUMNS = (
+    "SELECT q.nhs_number, q.outcome, q.reason,"
+    " (SELECT COUNT(*) FROM attempts a WHERE a.run_id = q.run_id AND a.nhs_number = q.nhs_number"
+    "  AND a.status != ?),"
+    " i.attempt_message_id, a.sent_at, q.result_json"
+)
+_OUTCOME_JOINS = " LEFT JOIN inbound i ON i.message_id = q.resolved_by LEFT JOIN attempts a ON a.message_id = i.attempt_message_id"
+_OUTCOMES = (
+    _OUTCOME_COLUMNS
+    + " FROM queries q"
+    + _OUTCOME_JOINS
+    + " WHERE q.run_id = ? AND q.nhs_number > ? ORDER BY q.nhs_number LIMIT ?"
+)
+_OUTCOMES_OF = (
+    _OUTCOME_COLUMNS
+    + " FROM json_each(?) j JOIN queries q ON q.nhs_number = j.value"
+    + _OUTCOME_JOINS
+    + " WHERE q.run_id = ? AND q.nhs_number > ? ORDER BY q.nhs_number LIMIT ?"
+)
 
 _ADD_ROWS = 5_000
 _QueryRow = tuple[str, str, str | None, int | None, str | None, str | None, int | None]
