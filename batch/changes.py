@@ -23,7 +23,7 @@ Rows are ordered by NHS number, then change kind in the order of `ChangeKind`, t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
@@ -68,12 +68,19 @@ CHANGE_SCHEMA: dict[str, pl.DataType] = {
 
 
 @dataclass(frozen=True)
-class RunOutcomes:
-    """One run's side of the comparison: its id, reference date and every child's outcome, as an outcome frame
-    (`batch.store.OUTCOME_FRAME_SCHEMA`; `frame_of_outcomes` makes one from typed records)."""
+class RunRef:
+    """A run the changes are counted from: what the reports say of it."""
 
     run_id: str
     reference_date: date
+
+
+@dataclass(frozen=True)
+class RunOutcomes(RunRef):
+    """One run's side of the comparison: its id, reference date and its children's outcomes, as an outcome
+    frame (`batch.store.OUTCOME_FRAME_SCHEMA`; `frame_of_outcomes` makes one from typed records). Every child
+    of the run, or a page of them beside the same children of the other run: each child is compared alone."""
+
     outcomes: pl.DataFrame
 
 
@@ -230,8 +237,13 @@ def _candidates(previous: RunOutcomes, current: RunOutcomes) -> tuple[list[Child
     return outcomes_of_frame(then), outcomes_of_frame(now)
 
 
+def sorted_changes(changes: Iterable[Change]) -> list[Change]:
+    """Changes in report order (`compare_runs` gives them so; changes of several pages are sorted again)."""
+    return sorted(changes, key=_sort_key)
+
+
 def compare_runs(previous: RunOutcomes, current: RunOutcomes) -> list[Change]:
-    """Every change from `previous` to `current`, by the rules in this module's docstring."""
+    """Every change from `previous` to `current`, by the rules in this module's docstring, in report order."""
     then_records, now_records = _candidates(previous, current)
     before = {o.nhs_number: o for o in then_records}
     changes: list[Change] = []
@@ -246,7 +258,7 @@ def compare_runs(previous: RunOutcomes, current: RunOutcomes) -> list[Change]:
             changes += [Change(nhs, ChangeKind.NO_LONGER_FLAGGED, p, None) for p in _or_none(_plans(then))]
         elif is_flagged:
             changes += _plan_changes(nhs, then, now, previous.reference_date, current.reference_date)
-    return sorted(changes, key=_sort_key)
+    return sorted_changes(changes)
 
 
 def change_counts(changes: Sequence[Change]) -> dict[str, int]:
@@ -262,7 +274,7 @@ def _fields(plan: PlanRow | None) -> list[str | None]:
 
 
 def changes_frame(
-    changes: Sequence[Change], previous: RunOutcomes | None, run_id: str, reference_date: date
+    changes: Sequence[Change], previous: RunRef | None, run_id: str, reference_date: date
 ) -> pl.DataFrame:
     """The `changes` report: one row per change (empty, with every column, on a job's first run)."""
     rows = []

@@ -1,4 +1,4 @@
-"""A whole job run, in four steps: prepare, send and await, finalise, report."""
+"""A whole job run, in three steps: prepare, send and await, finalise (the reports, staged a slice at a time)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import anyio
 import polars as pl
 
 from batch.attempts import AttemptIndex
-from batch.changes import RunOutcomes
+from batch.changes import Change, RunOutcomes, RunRef, compare_runs, sorted_changes
 from batch.concurrency import PostConcurrency
 from batch.config import JobConfig
 from batch.context import row_context_of
@@ -36,16 +36,16 @@ from batch.reports import (
     ReportPaths,
     ReportStager,
     answered_numbers,
-    build_changes,
     build_slice,
     change_counts_for,
+    changes_report,
     input_slices,
 )
 from batch.run_inputs import decode as decode_inputs
 from batch.run_inputs import encode as encode_inputs
 from batch.selection import apply_window, query_reasons, reason_frame
 from batch.states import RunStatus
-from batch.store import OUTCOME_FRAME_SCHEMA, Run, SenderIdentity, Store, StoreError
+from batch.store import Run, SenderIdentity, Store, StoreError
 from batch.summary import RunSummary, ThisProcess
 from batch.tls import TlsConfigError, server_context
 from batch.transport import SpineTransport
@@ -241,15 +241,6 @@ async def _send_and_await(
     )
 
 
-async def previous_outcomes(store: Store, run_id: str) -> RunOutcomes | None:
-    """The job's previous complete run with its children's outcomes, for `changes` (None: the job's first)."""
-    previous = await store.previous_complete_run(run_id)
-    if previous is None:
-        return None
-    outcomes = await store.outcome_frame(previous.run_id)
-    return RunOutcomes(previous.run_id, date.fromisoformat(previous.reference_date), outcomes)
-
-
 async def stage_reports(
     store: Store, run_id: str, reference_date: str, patients: pl.DataFrame, directory: Path, privacy: Privacy
 ) -> ReportStager:
@@ -266,17 +257,24 @@ async def stage_reports(
 
 async def run_changes(
     store: Store, run_id: str, reference_date: str, patients: pl.DataFrame
-) -> tuple[pl.DataFrame, RunOutcomes | None]:
-    """The `changes` report since the job's previous complete run, and that run (None: the job's first, when
-    nothing is compared)."""
-    previous = await previous_outcomes(store, run_id)
-    outcomes = (
-        await store.outcome_frame(run_id)
-        if previous is not None
-        else pl.DataFrame(schema=OUTCOME_FRAME_SCHEMA)
-    )
-    current = RunOutcomes(run_id, date.fromisoformat(reference_date), outcomes)
-    return build_changes(patients, current, previous), previous
+) -> tuple[pl.DataFrame, RunRef | None]:
+    """The `changes` report since the job's previous complete run, and that run (None: the job's first).
+
+    Compared a page of this run's children at a time, beside the same children's outcomes in the previous run:
+    a child is compared alone, and neither run is ever whole in memory."""
+    current = RunRef(run_id, date.fromisoformat(reference_date))
+    prior = await store.previous_complete_run(run_id)
+    if prior is None:
+        return changes_report(patients, [], None, current), None
+    previous = RunRef(prior.run_id, date.fromisoformat(prior.reference_date))
+    found: list[Change] = []
+    async for page in store.outcome_pages(run_id):
+        before = await store.outcome_frame(prior.run_id, page.get_column("nhs_number").to_list())
+        found += compare_runs(
+            RunOutcomes(previous.run_id, previous.reference_date, before),
+            RunOutcomes(current.run_id, current.reference_date, page),
+        )
+    return changes_report(patients, sorted_changes(found), previous, current), previous
 
 
 async def _finalise(

@@ -9,7 +9,7 @@ what changed since the job's previous complete run (batch/changes.py); `summary.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import polars.selectors as cs
 
-from batch.changes import RunOutcomes, change_counts, changes_frame, compare_runs
+from batch.changes import Change, RunOutcomes, RunRef, change_counts, changes_frame, compare_runs
 from batch.context import PERSON_COLUMNS, child_context, row_context
 from batch.csvsafe import write_csv
 from batch.failpoints import failpoint
@@ -220,7 +220,7 @@ class ReportFrames:
     """Since `previous` (batch/changes.py), with the child's name, date of birth and clinic from its first row."""
     context: pl.DataFrame
     """Per input row (`source_file`, `source_row`): who it is about (batch/context.py), for summary.html."""
-    previous: RunOutcomes | None
+    previous: RunRef | None
     """The job's previous complete run; None on its first."""
 
     def change_counts(self) -> dict[str, int] | str:
@@ -235,7 +235,7 @@ class ReportFrames:
         return counts
 
 
-def change_counts_for(changes: pl.DataFrame, previous: RunOutcomes | None) -> dict[str, int] | str:
+def change_counts_for(changes: pl.DataFrame, previous: RunRef | None) -> dict[str, int] | str:
     """Change rows per kind, every kind present; `first_run` when there was nothing to compare with."""
     return "first_run" if previous is None else change_counts_of(changes)
 
@@ -250,6 +250,14 @@ def change_counts_of(changes: pl.DataFrame) -> dict[str, int]:
 def build_changes(patients: pl.DataFrame, current: RunOutcomes, previous: RunOutcomes | None) -> pl.DataFrame:
     """The `changes` report: the comparison's rows with the child's name, date of birth and clinic."""
     changes = compare_runs(previous, current) if previous is not None else []
+    return changes_report(patients, changes, previous, current)
+
+
+def changes_report(
+    patients: pl.DataFrame, changes: Sequence[Change], previous: RunRef | None, current: RunRef
+) -> pl.DataFrame:
+    """The `changes` report of changes found already (in report order), with the child's name, date of birth
+    and clinic."""
     frame = changes_frame(changes, previous, current.run_id, current.reference_date)
     # Only the changed children's rows: the context of every child in the lists would cost a frame per run.
     changed = patients.filter(pl.col(NHS_NUMBER).is_in(frame.get_column("nhs_number").implode()))
@@ -333,7 +341,7 @@ class _Page:
     exceptions: pl.DataFrame
     changes: pl.DataFrame
     context: pl.DataFrame
-    previous: RunOutcomes | None
+    previous: RunRef | None
 
 
 # The columns the page shows from the flagged and exception rows (batch/summary_html.py), and those the row
@@ -426,7 +434,7 @@ class ReportStager:
         self,
         *,
         changes: pl.DataFrame,
-        previous: RunOutcomes | None,
+        previous: RunRef | None,
         context_of: Callable[[pl.DataFrame], pl.DataFrame],
         summary_json: str,
     ) -> ReportPaths:

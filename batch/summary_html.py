@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from batch.changes import ChangeKind, RunOutcomes
+from batch.changes import ChangeKind, RunRef
 from batch.reasons import OUTCOME_TEXT, explain
 from batch.states import Outcome
 from batch.summary import RunSummary
@@ -38,7 +38,7 @@ class PageFrames(Protocol):
     @property
     def context(self) -> pl.DataFrame: ...
     @property
-    def previous(self) -> RunOutcomes | None: ...
+    def previous(self) -> RunRef | None: ...
 
 
 class Markup(str):
@@ -232,7 +232,7 @@ def _table(head: list[Markup], rows: Iterable[Markup], class_: str) -> Iterator[
     return pieces("div", table, class_="scroll")
 
 
-def _run_of(run: RunOutcomes) -> str:
+def _run_of(run: RunRef) -> str:
     return f"the run of {run.reference_date.isoformat()} (run {run.run_id[:8]})"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,8 +18,13 @@ import openpyxl
 import polars as pl
 import pytest
 
+from batch.changes import RunOutcomes
 from batch.csvsafe import excel_safe
+from batch.job import run_changes
 from batch.pki import DevPki
+from batch.reports import build_changes
+from batch.run_inputs import decode as decode_inputs
+from batch.store import Store, state_file
 from spine_sim.dataset import random_test_number
 from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
@@ -319,3 +324,29 @@ def test_summary_html_in_a_browser(nights: dict[int, dict[str, Any]], tmp_path: 
         (tr.get("data-nhs-number"), tr.get("data-change")) for tr in dom.xpath("//tr[@class='change-row']")
     ]
     assert changes == [(NUMBERS[role], role) for role in ROLES[:6]]
+
+
+async def test_changes_compared_a_page_of_children_at_a_time_are_those_of_the_whole_runs(
+    nights: dict[int, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run compares a page of its children at a time beside the same children of the previous run; with
+    # pages of 2 children the report must be the one written, and the one of both runs compared whole.
+    monkeypatch.setattr(state_file, "_PAGE_ROWS", 2)
+    run_id, reference = nights[2]["summary"]["run_id"], nights[2]["summary"]["reference_date"]
+    async with Store.open_read_only(nights[2]["tmp"] / "state" / "state.sqlite") as store:
+        run = await store.find_run("nightly-changes", run_id)
+        assert run is not None
+        inputs = await store.run_inputs(run_id)
+        assert inputs is not None
+        patients = decode_inputs([part for part in inputs.parts if part is not None])
+        paged, previous = await run_changes(store, run_id, reference, patients)
+        prior = await store.previous_complete_run(run_id)
+        assert prior is not None and previous is not None and previous.run_id == prior.run_id
+        whole = build_changes(
+            patients,
+            RunOutcomes(run_id, date.fromisoformat(reference), await store.outcome_frame(run_id)),
+            RunOutcomes(prior.run_id, previous.reference_date, await store.outcome_frame(prior.run_id)),
+        )
+    assert paged.height > 2
+    assert paged.equals(whole)
+    assert paged.equals(pl.read_parquet(nights[2]["dir"] / "changes.parquet"))

@@ -627,17 +627,14 @@ class Store:
         )
         return records.Run(rows[0][0], rows[0][1], rows[0][2], rows[0][3], resumed=False) if rows else None
 
-    async def outcome_frame(self, run_id: str, nhs_numbers: Sequence[str] | None = None) -> pl.DataFrame:
-        """Every child of the run with its outcome, as columns (`OUTCOME_FRAME_SCHEMA`), ordered by NHS number;
-        with `nhs_numbers`, only those children (the reports read a slice of input rows' answers at a time).
-
-        Read in pages and built column by column, so a run of any size costs no Python object per child;
-        `result_json` is the flagged children's `FlagResult` as stored.
-        """
+    async def outcome_pages(
+        self, run_id: str, nhs_numbers: Sequence[str] | None = None
+    ) -> AsyncIterator[pl.DataFrame]:
+        """`outcome_frame` a page of `_PAGE_ROWS` children at a time, by NHS number: for work on a run of any
+        size a page at a time (the changes since the previous run)."""
         # One JSON parameter for any number of children (SQLite caps bound parameters, not JSON length); the
         # children asked for drive the lookup, so a slice costs its own rows, not a scan of the run.
         wanted = None if nhs_numbers is None else json.dumps(list(nhs_numbers))
-        pages: list[pl.DataFrame] = []
         after = ""
         while True:
             params: tuple[object, ...]
@@ -647,11 +644,20 @@ class Store:
                 sql, params = _OUTCOMES_OF, (AttemptStatus.NOT_SENT.value, wanted, run_id, after, _PAGE_ROWS)
             rows = await self._read(sql, params)
             if not rows:
-                break
-            pages.append(pl.DataFrame(rows, schema=records.OUTCOME_FRAME_SCHEMA, orient="row"))
+                return
+            yield pl.DataFrame(rows, schema=records.OUTCOME_FRAME_SCHEMA, orient="row")
             after = rows[-1][0]
             if len(rows) < _PAGE_ROWS:
-                break
+                return
+
+    async def outcome_frame(self, run_id: str, nhs_numbers: Sequence[str] | None = None) -> pl.DataFrame:
+        """Every child of the run with its outcome, as columns (`OUTCOME_FRAME_SCHEMA`), ordered by NHS number;
+        with `nhs_numbers`, only those children (the reports read a slice of input rows' answers at a time).
+
+        Read in pages and built column by column, so a run of any size costs no Python object per child;
+        `result_json` is the flagged children's `FlagResult` as stored.
+        """
+        pages = [page async for page in self.outcome_pages(run_id, nhs_numbers)]
         if not pages:
             return pl.DataFrame(schema=records.OUTCOME_FRAME_SCHEMA)
         return pl.concat(pages, rechunk=False)
