@@ -12,14 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import anyio
-import polars as pl
 
 from batch import logs
 from batch.cli.common import check_folders, fail, internal_failure, known, open_job
 from batch.config import ConfigError, JobConfig
 from batch.exits import Exit
 from batch.files import Privacy, UnsafePathError
-from batch.job import JobResult, StartupError, input_fingerprint, run_job
+from batch.job import InputRows, JobResult, StartupError, input_fingerprint, run_job
 from batch.lock import LockHeld, job_lock
 from batch.patients import InputError, read_patient_lists, resolve_inputs
 from batch.progress import ProgressOptions
@@ -63,7 +62,7 @@ class _Started:
 
 async def _run(
     cfg: JobConfig,
-    patients: pl.DataFrame,
+    rows: InputRows,
     fingerprint: str,
     ssl_context: ssl.SSLContext,
     privacy: Privacy,
@@ -71,7 +70,7 @@ async def _run(
 ) -> JobResult:
     progress = ProgressOptions(bar=sys.stdout.isatty() and not logs.is_json())
     try:
-        started.result = await run_job(cfg, patients, fingerprint, ssl_context, privacy, progress)
+        started.result = await run_job(cfg, rows, fingerprint, ssl_context, privacy, progress)
         return started.result
     finally:
         run_id = logs.run_id_var.get()
@@ -118,14 +117,15 @@ def _run_command(job_file: Path, started: _Started) -> int:
             log.warning("%s", warning)
         # Inputs are read and validated before anything is written: bad input leaves no state behind.
         paths = resolve_inputs(cfg.input_pattern, cfg.base_dir)
-        patients = read_patient_lists(paths, cfg.input, cfg.profile)
+        # Handed over, not kept here: the run holds only the copy it keeps in the state.
+        rows = InputRows(read_patient_lists(paths, cfg.input, cfg.profile))
         fingerprint = input_fingerprint(cfg.name, paths)
         check_folders(job)
     except (ConfigError, TlsConfigError, InputError, UnsafePathError) as exc:
         return fail(str(exc), Exit.USAGE)
     try:
         with job_lock(cfg.lock_path, job.privacy.file_mode):
-            result = anyio.run(_run, cfg, patients, fingerprint, ssl_context, job.privacy, started)
+            result = anyio.run(_run, cfg, rows, fingerprint, ssl_context, job.privacy, started)
     except LockHeld as exc:
         return fail(str(exc), Exit.LOCKED)
     except _USAGE_ERRORS as exc:
