@@ -296,7 +296,7 @@ def _fsync(path: Path) -> None:
 
 # Input rows per slice when a run's reports are built from the state: a run's reports then cost about one
 # slice's frames, not a whole run's (decision D27).
-SLICE_ROWS = 10_000
+SLICE_ROWS = 5_000
 
 
 def input_slices(patients: pl.DataFrame, rows: int | None = None) -> Iterator[pl.DataFrame]:

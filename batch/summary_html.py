@@ -335,19 +335,49 @@ def _outcomes(summary: RunSummary) -> Markup:
     )
 
 
-def _groups(frame: pl.DataFrame, shown: _Shown) -> list[tuple[str, pl.DataFrame]]:
-    """Rows by clinic when the lists name one, else by list file (its name without the folder)."""
+def _with_context(rows: pl.DataFrame, context: pl.DataFrame) -> pl.DataFrame:
+    """`rows` with the context of each (`source_file`, `source_row`, one context row each) beside it, as a left
+    join names it, without copying `rows`: a run's flagged rows are tens of thousands."""
+    on = ["source_file", "source_row"]
+    found = rows.select(on).join(context, on=on, how="left", maintain_order="left").drop(on)
+    found = found.rename({name: f"{name}_right" for name in found.columns if name in rows.columns})
+    return pl.concat([rows, found], how="horizontal")
+
+
+@dataclass(frozen=True)
+class _Group:
+    title: str
+    rows: pl.DataFrame
+    order: pl.Series
+    """Positions in `rows` of this group's rows, in the order shown."""
+
+    def children(self) -> int:
+        return self.rows.get_column("nhs_number").gather(self.order).n_unique()
+
+    def iter_rows(self, batch: int = 1_000) -> Iterator[dict[str, Any]]:
+        # Taken a batch at a time: a run's flagged rows are never copied whole to sort them.
+        for start in range(0, self.order.len(), batch):
+            yield from self.rows[self.order.slice(start, batch)].iter_rows(named=True)
+
+
+def _groups(frame: pl.DataFrame, shown: _Shown, order: list[str]) -> list[_Group]:
+    """Rows by clinic when the lists name one, else by list file (its name without the folder), each group's
+    rows by `order`."""
     if shown.clinic:
         key, what = pl.col("clinic"), "Clinic"
     else:
         key, what = pl.col("source_file").str.extract(r"([^/]*)$"), "List"
-    keyed = frame.with_columns(key.alias("_group"))
-    groups = [
-        (f"{what}: {name}", keyed.filter(pl.col("_group") == name).drop("_group"))
-        for name in sorted(keyed.get_column("_group").drop_nulls().unique().to_list())
-    ]
-    unnamed = keyed.filter(pl.col("_group").is_null()).drop("_group")
-    return groups + ([("No clinic given", unnamed)] if unnamed.height else [])
+    keyed = frame.select(key.alias("_group"), *order)
+    index = keyed.select(
+        pl.arg_sort_by(["_group", *order], nulls_last=True, maintain_order=True).alias("_index")
+    ).to_series()
+    names = keyed.get_column("_group").gather(index)
+    groups, start = [], 0
+    for name, n in names.to_frame().group_by("_group", maintain_order=True).len().iter_rows():
+        title = "No clinic given" if name is None else f"{what}: {name}"
+        groups.append(_Group(title, frame, index.slice(start, n)))
+        start += n
+    return groups
 
 
 def _children(n: int) -> str:
@@ -355,7 +385,7 @@ def _children(n: int) -> str:
 
 
 def _flagged(frames: PageFrames, reference_date: str) -> Iterator[Markup]:
-    flagged = frames.flagged.join(frames.context, on=["source_file", "source_row"], how="left")
+    flagged = _with_context(frames.flagged, frames.context)
     shown = _Shown.of(flagged)
     appointment = _has(flagged, "appointment_date")
     head = [
@@ -371,9 +401,9 @@ def _flagged(frames: PageFrames, reference_date: str) -> Iterator[Markup]:
     ]
     order = ["appointment_date", "patient_name", "source_file", "source_row", "plan_start"]
 
-    def rows(group: pl.DataFrame) -> Iterator[Markup]:
+    def rows(group: _Group) -> Iterator[Markup]:
         # A row at a time as the page is written: a run can flag tens of thousands of children.
-        for row in group.sort(order, nulls_last=True).iter_rows(named=True):
+        for row in group.iter_rows():
             yield el(
                 "tr",
                 shown.person(row),
@@ -393,13 +423,12 @@ def _flagged(frames: PageFrames, reference_date: str) -> Iterator[Markup]:
                 data_nhs_number=row["nhs_number"],
             )
 
-    def content(groups: list[tuple[str, pl.DataFrame]]) -> Iterator[Markup | Iterator[Markup]]:
-        for title, group in groups:
-            count = group.get_column("nhs_number").n_unique()
-            yield el("h3", f"{title} ({_children(count)})")
+    def content(groups: list[_Group]) -> Iterator[Markup | Iterator[Markup]]:
+        for group in groups:
+            yield el("h3", f"{group.title} ({_children(group.children())})")
             yield _table(head, rows(group), "flagged")
 
-    groups = _groups(flagged, shown)
+    groups = _groups(flagged, shown, order)
     children = flagged.get_column("nhs_number").n_unique()
     return pieces(
         "section",
@@ -422,7 +451,7 @@ EXCEPTION_ROWS_SHOWN = 2_000
 
 
 def _exceptions(frames: PageFrames) -> Markup:
-    exceptions = frames.exceptions.join(frames.context, on=["source_file", "source_row"], how="left")
+    exceptions = _with_context(frames.exceptions, frames.context)
     shown = _Shown.of(exceptions)
     head = [
         shown.clinic_head(),

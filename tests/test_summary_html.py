@@ -338,3 +338,22 @@ def test_a_list_of_exceptions_too_long_to_read_is_cut_and_says_where_the_rest_ar
     assert len(doc.xpath("//tr[@class='exception-row']")) == 1
     assert doc.xpath("string(//span[@id='exception-count'])") == "2"
     assert "And 1 more rows: every one is in exceptions.csv." in _texts(doc, "//section[@id='exceptions']/p")
+
+
+def test_context_set_beside_the_rows_is_what_a_left_join_gives() -> None:
+    # The page sets each row's context beside it instead of joining (a copy of every flagged row); a name the
+    # rows have already gets the join's `_right`, as before.
+    rows = pl.DataFrame(
+        {"source_file": ["a", "a", "b"], "source_row": [2, 1, 1], "clinic": ["x", "y", "z"], "v": [1, 2, 3]}
+    )
+    context = pl.DataFrame(
+        {
+            "source_file": ["b", "a", "a", "c"],
+            "source_row": [1, 1, 2, 9],
+            "clinic": ["C", "A", "B", "D"],
+            "patient_name": ["n3", "n1", "n2", "n4"],
+        }
+    )
+    joined = rows.join(context, on=["source_file", "source_row"], how="left", maintain_order="left")
+    assert summary_html._with_context(rows, context).equals(joined)
+    assert summary_html._with_context(rows, context.clear()).get_column("clinic_right").null_count() == 3
