@@ -27,7 +27,10 @@ _IDLE_LEAF = re.compile(
 
 _WHOLE_STACK = (
     ("start-up (imports, config, TLS contexts)", re.compile(r"<frozen importlib\._bootstrap")),
-    ("reports (polars, CSV, Parquet, xlsx, HTML)", re.compile(r"write_reports|stage_reports|batch/reports\.py|_report \(")),
+    (
+        "reports (polars, CSV, Parquet, xlsx, HTML)",
+        re.compile(r"write_reports|stage_reports|batch/reports\.py|_report \("),
+    ),
 )
 
 _INNERMOST = (

@@ -340,6 +340,14 @@ def test_changes_name_the_child_from_its_first_row(tmp_path: Path) -> None:
     assert change_counts_of(changes)["newly_flagged"] == 1
 
 
+def test_a_change_is_kept_when_its_child_has_no_row_to_name_it(tmp_path: Path) -> None:
+    # The changed children come from the run's own rows, so each has one; were one missing, its change must
+    # still be reported (without a name), never dropped.
+    patients = _patients(tmp_path).filter(pl.col("_nhs_number") != A)
+    changes = build_changes(patients, RunOutcomes("THIS-RUN", REFERENCE, _now()), _previous())
+    assert changes.select("nhs_number", "patient_name").rows() == [(A, None), (B, "Bob")]
+
+
 def test_a_first_run_has_no_changes_and_says_so(tmp_path: Path) -> None:
     frames = build_reports(_patients(tmp_path), _now(), REFERENCE, run_id="THIS-RUN", previous=None)
     assert frames.changes.height == 0
