@@ -27,7 +27,8 @@ from batch.summary import RunSummary
 
 
 class PageFrames(Protocol):
-    """What the page shows beyond the summary's counts (`batch.reports.ReportFrames` is one, and so is the page `batch.reports.ReportStager` reads back)."""
+    """What the page shows beyond the summary's counts: `batch.reports.ReportFrames` is one, and so is what
+    `batch.reports.ReportStager` reads back from the files it staged."""
 
     @property
     def flagged(self) -> pl.DataFrame: ...

@@ -686,7 +686,10 @@ _OUTCOME_COLUMNS = (
     "  AND a.status != ?),"
     " i.attempt_message_id, a.sent_at, q.result_json"
 )
-_OUTCOME_JOINS = " LEFT JOIN inbound i ON i.message_id = q.resolved_by LEFT JOIN attempts a ON a.message_id = i.attempt_message_id"
+_OUTCOME_JOINS = (
+    " LEFT JOIN inbound i ON i.message_id = q.resolved_by"
+    " LEFT JOIN attempts a ON a.message_id = i.attempt_message_id"
+)
 _OUTCOMES = (
     _OUTCOME_COLUMNS
     + " FROM queries q"
