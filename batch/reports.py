@@ -346,7 +346,19 @@ class _Page:
 
 # The columns the page shows from the flagged and exception rows (batch/summary_html.py), and those the row
 # context adds, which an input column of the same name would take the place of.
-_PAGE_FLAGGED = ("source_file", "source_row", "nhs_number", *PLAN_COLUMNS)
+_PAGE_FLAGGED = (
+    "source_file",
+    "source_row",
+    "nhs_number",
+    "plan_type",
+    "plan_start",
+    "plan_end",
+    "plan_active_on_appointment",
+    "la_code",
+    "la_name",
+    "la_office_phone",
+    "la_emergency_phone",
+)
 _PAGE_EXCEPTIONS = ("source_file", "source_row", "nhs_number", "outcome", "reason")
 _CONTEXT_NAMES = ("clinic", "patient_name", "date_of_birth", "appointment_date")
 
