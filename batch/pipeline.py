@@ -19,7 +19,7 @@ import heapq
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -129,16 +129,18 @@ class QueryPipeline:
 
     # -- the run ---------------------------------------------------------------------------------------------
 
-    async def run(self, fresh: Sequence[str], resumed: Sequence[ChildProgress] = ()) -> None:
+    async def run(self, fresh: Iterable[str], resumed: Sequence[ChildProgress] = ()) -> None:
         """Give every child an outcome; returns when all have one.
 
-        `fresh` children have never been queried; `resumed` ones carry what earlier processes did for them.
+        `fresh` children have never been queried (taken once: an iterator that lets go of each number as it goes
+        leaves the queue the only holder); `resumed` ones carry what earlier processes did for them.
         """
         finished: list[tuple[_Child, Outcome, str]] = []
         now_wall, now = datetime.now(UTC), anyio.current_time()
         limits = self._limits
+        queued = len(self._ready)
         self._ready.extend(fresh)
-        self._open += len(fresh)
+        self._open += len(self._ready) - queued
         for progress in resumed:
             child = _Child(progress.nhs_number, progress.counted, progress.unsent, progress.last_failure)
             self._children[child.nhs_number] = child

@@ -1,4 +1,4 @@
-"""`InputRows`: the rows read from the lists are handed to the run once, and nothing else keeps them."""
+"""The rows read from the lists and the numbers to query are each handed over once, and nothing else keeps them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import weakref
 import polars as pl
 import pytest
 
-from batch.job import InputRows
+from batch.job import InputRows, taken
 
 
 def test_the_rows_are_taken_once_and_then_held_by_no_one() -> None:
@@ -23,3 +23,13 @@ def test_the_rows_are_taken_once_and_then_held_by_no_one() -> None:
     assert gone() is None
     with pytest.raises(RuntimeError, match="taken already"):
         rows.take()
+
+
+def test_fresh_children_are_taken_in_order_and_the_list_let_go_of() -> None:
+    # The pipeline's queue is then the only holder of a run's numbers, and lets each go when it is done.
+    numbers = ["9990000018", "9990000026", "9990000034"]
+    given = taken(numbers)
+    assert next(given) == "9990000018"
+    assert numbers == ["9990000034", "9990000026"]
+    assert list(given) == ["9990000026", "9990000034"]
+    assert numbers == []
