@@ -52,7 +52,8 @@ RESULT_COLUMNS = (
     "message_id",
     "queried_at",
 )
-PLAN_COLUMNS = (
+# The plan and who to call about it (what the page shows); then the child's record as a whole.
+_PLAN_AND_LA = (
     "plan_type",
     "plan_start",
     "plan_end",
@@ -61,6 +62,9 @@ PLAN_COLUMNS = (
     "la_name",
     "la_office_phone",
     "la_emergency_phone",
+)
+PLAN_COLUMNS = (
+    *_PLAN_AND_LA,
     "access_count",
     "last_access_at",
     "last_access_organisation",
@@ -346,19 +350,7 @@ class _Page:
 
 # The columns the page shows from the flagged and exception rows (batch/summary_html.py), and those the row
 # context adds, which an input column of the same name would take the place of.
-_PAGE_FLAGGED = (
-    "source_file",
-    "source_row",
-    "nhs_number",
-    "plan_type",
-    "plan_start",
-    "plan_end",
-    "plan_active_on_appointment",
-    "la_code",
-    "la_name",
-    "la_office_phone",
-    "la_emergency_phone",
-)
+_PAGE_FLAGGED = ("source_file", "source_row", "nhs_number", *_PLAN_AND_LA)
 _PAGE_EXCEPTIONS = ("source_file", "source_row", "nhs_number", "outcome", "reason")
 _CONTEXT_NAMES = ("clinic", "patient_name", "date_of_birth", "appointment_date")
 
