@@ -18,8 +18,8 @@ from pathlib import Path
 import polars as pl
 import polars.selectors as cs
 
-from batch.changes import Change, RunOutcomes, RunRef, change_counts, changes_frame, compare_runs
-from batch.context import PERSON_COLUMNS, child_context, row_context
+from batch.changes import Change, RunRef, change_counts, changes_frame
+from batch.context import PERSON_COLUMNS, child_context
 from batch.csvsafe import write_csv
 from batch.failpoints import failpoint
 from batch.files import Privacy, clear_staged, private_dir, stage
@@ -213,32 +213,6 @@ def build_flagged(results: pl.DataFrame, outcomes: pl.DataFrame, reference_date:
     )
 
 
-@dataclass(frozen=True)
-class ReportFrames:
-    """Every report of a run, built in memory before anything is written."""
-
-    results: pl.DataFrame
-    flagged: pl.DataFrame
-    exceptions: pl.DataFrame
-    changes: pl.DataFrame
-    """Since `previous` (batch/changes.py), with the child's name, date of birth and clinic from its first row."""
-    context: pl.DataFrame
-    """Per input row (`source_file`, `source_row`): who it is about (batch/context.py), for summary.html."""
-    previous: RunRef | None
-    """The job's previous complete run; None on its first."""
-
-    def change_counts(self) -> dict[str, int] | str:
-        """Change rows per kind, every kind present; `first_run` when there was nothing to compare with."""
-        return change_counts_for(self.changes, self.previous)
-
-    def outcome_counts(self) -> dict[str, int]:
-        """Rows per outcome, every outcome present (the one place outcomes are counted)."""
-        counts = {o.value: 0 for o in Outcome}
-        for outcome, n in self.results.group_by("outcome").len().iter_rows():
-            counts[outcome] = n
-        return counts
-
-
 def change_counts_for(changes: pl.DataFrame, previous: RunRef | None) -> dict[str, int] | str:
     """Change rows per kind, every kind present; `first_run` when there was nothing to compare with."""
     return "first_run" if previous is None else change_counts_of(changes)
@@ -251,12 +225,6 @@ def change_counts_of(changes: pl.DataFrame) -> dict[str, int]:
     return counts
 
 
-def build_changes(patients: pl.DataFrame, current: RunOutcomes, previous: RunOutcomes | None) -> pl.DataFrame:
-    """The `changes` report: the comparison's rows with the child's name, date of birth and clinic."""
-    changes = compare_runs(previous, current) if previous is not None else []
-    return changes_report(patients, changes, previous, current)
-
-
 def changes_report(
     patients: pl.DataFrame, changes: Sequence[Change], previous: RunRef | None, current: RunRef
 ) -> pl.DataFrame:
@@ -267,24 +235,6 @@ def changes_report(
     changed = patients.filter(pl.col(NHS_NUMBER).is_in(frame.get_column("nhs_number").implode()))
     people = frame.join(child_context(changed), on="nhs_number", how="left", maintain_order="left")
     return people.select("nhs_number", *PERSON_COLUMNS, pl.exclude("nhs_number", *PERSON_COLUMNS))
-
-
-def build_reports(
-    patients: pl.DataFrame,
-    outcomes: pl.DataFrame,
-    reference_date: date,
-    *,
-    run_id: str,
-    previous: RunOutcomes | None,
-) -> ReportFrames:
-    """Every report frame of the run from its outcome frame; `previous` is the job's previous complete run
-    (None: its first)."""
-    results = build_results(patients, outcomes)
-    flagged = build_flagged(results, outcomes, reference_date)
-    changes = build_changes(patients, RunOutcomes(run_id, reference_date, outcomes), previous)
-    public = results.drop(APPOINTMENT_DATE)
-    exceptions = public.filter(pl.col("outcome").is_in(EXCEPTION_OUTCOMES))
-    return ReportFrames(public, flagged, exceptions, changes, row_context(patients), previous)
 
 
 def _write_pieces(path: Path, pieces: Iterable[str]) -> None:
@@ -483,19 +433,3 @@ class ReportStager:
         for final, tmp in staged.items():
             os.replace(tmp, final)
         return paths
-
-
-def write_reports(directory: Path, frames: ReportFrames, summary_json: str, privacy: Privacy) -> ReportPaths:
-    """Write every report of `frames` under a temporary name, then rename each into place (`ReportStager`, with
-    the whole run as one slice).
-
-    Raises UnsafePathError when the run folder exists but is not a private folder of ours.
-    """
-    stager = ReportStager(directory, privacy)
-    stager.add(frames.results, frames.flagged)
-    return stager.finish(
-        changes=frames.changes,
-        previous=frames.previous,
-        context_of=lambda _: frames.context,
-        summary_json=summary_json,
-    )

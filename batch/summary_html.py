@@ -27,8 +27,8 @@ from batch.summary import RunSummary
 
 
 class PageFrames(Protocol):
-    """What the page shows beyond the summary's counts: `batch.reports.ReportFrames` is one, and so is what
-    `batch.reports.ReportStager` reads back from the files it staged."""
+    """What the page shows beyond the summary's counts: what `batch.reports.ReportStager` reads back from the
+    files it staged (the tests' whole-run `ReportFrames` is one too)."""
 
     @property
     def flagged(self) -> pl.DataFrame: ...
@@ -502,13 +502,8 @@ def _exceptions(frames: PageFrames) -> Markup:
     )
 
 
-def render_summary_html(frames: PageFrames, summary: RunSummary) -> str:
-    """The whole page, as text."""
-    return "".join(summary_html_pieces(frames, summary))
-
-
 def summary_html_pieces(frames: PageFrames, summary: RunSummary) -> Iterator[str]:
-    """The whole page, a piece at a time, to be written as it is made (`render_summary_html` joins them)."""
+    """The whole page, a piece at a time, to be written as it is made ."""
     title = f"CP-IS pre-check: {summary.job}, {summary.reference_date}"
     profile = (
         el("p", f"Profile {summary.profile}: test data, not real patients.", class_="profile")

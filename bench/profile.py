@@ -29,7 +29,7 @@ _WHOLE_STACK = (
     ("start-up (imports, config, TLS contexts)", re.compile(r"<frozen importlib\._bootstrap")),
     (
         "reports (polars, CSV, Parquet, xlsx, HTML)",
-        re.compile(r"write_reports|stage_reports|batch/reports\.py|_report \("),
+        re.compile(r"stage_reports|_finalise|batch/reports\.py|_report \("),
     ),
 )
 

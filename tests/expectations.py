@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 
 from batch.nhs_number import validate
-from batch.reports import ReportFrames
 from batch.summary import RunSummary, ThisProcess
 from spine_sim.dataset import Dataset
+from tests.report_frames import ReportFrames
 
 FLAG_KEY = (
     "source_file",

@@ -22,13 +22,13 @@ from batch.changes import RunOutcomes
 from batch.csvsafe import excel_safe
 from batch.job import run_changes
 from batch.pki import DevPki
-from batch.reports import build_changes
 from batch.run_inputs import decode as decode_inputs
 from batch.store import Store, state_file
 from spine_sim.dataset import random_test_number
 from spine_sim.jobfile import free_port, job_tables, write_job
 from spine_sim.process import running_sim
 from tests.browser import dump_dom, read_png, screenshot
+from tests.report_frames import build_changes
 from tests.support import run_cli
 
 pytestmark = pytest.mark.e2e

@@ -18,25 +18,27 @@ from batch.reports import (
     EXCEPTION_OUTCOMES,
     FLAGGED_COLUMNS,
     RESULT_COLUMNS,
-    ReportFrames,
     ReportStager,
     ReportTotals,
     answered_numbers,
-    build_changes,
     build_flagged,
-    build_reports,
     build_results,
     build_slice,
     change_counts_of,
     input_slices,
-    write_reports,
 )
 from batch.selection import apply_window
 from batch.states import Outcome
 from batch.store import ChildOutcome, FlagResult, PlanRow, frame_of_outcomes
 from batch.summary import RunSummary
-from batch.summary_html import render_summary_html
 from tests.expectations import run_summary
+from tests.report_frames import (
+    ReportFrames,
+    build_changes,
+    build_reports,
+    render_summary_html,
+    write_reports,
+)
 
 A, B, C, D, E = "9990000018", "9990000026", "9990000034", "9990000042", "9990000050"
 REFERENCE = date(2027, 1, 11)

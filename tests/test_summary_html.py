@@ -18,13 +18,13 @@ from batch import summary_html
 from batch.changes import RunOutcomes
 from batch.patients import InputSpec, read_patient_lists
 from batch.reasons import explain
-from batch.reports import ReportFrames, build_reports
 from batch.states import Outcome
 from batch.store import ChildOutcome, FlagResult, PlanRow, frame_of_outcomes
 from batch.summary import RunSummary
-from batch.summary_html import el, esc, render_summary_html
+from batch.summary_html import el, esc
 from tests.browser import paeth, read_png
 from tests.expectations import run_summary
+from tests.report_frames import ReportFrames, build_reports, render_summary_html
 
 A, B, C, D = "9990000018", "9990000026", "9990000034", "9990000042"
 DAY1, DAY2 = date(2027, 1, 10), date(2027, 1, 11)
