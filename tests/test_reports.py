@@ -442,6 +442,35 @@ def test_reports_written_a_slice_at_a_time_are_those_of_the_whole_run(tmp_path: 
         assert mine.read(sheet) == theirs.read(sheet)
 
 
+def test_a_write_killed_between_slices_leaves_nothing_once_written_again(tmp_path: Path) -> None:
+    # A process killed while staging leaves part files and half-appended CSVs under temporary names; the next
+    # write of the run's reports clears them, and only the finished reports are left.
+    patients = _patients(tmp_path)
+    whole = build_reports(patients, _now(), REFERENCE, run_id="THIS-RUN", previous=None)
+    folder = tmp_path / "run"
+    killed = ReportStager(folder, Privacy())
+    first = next(input_slices(patients, 2))
+    killed.add(*build_slice(first, _now(), REFERENCE))
+    assert any(path.name.startswith(".") for path in folder.iterdir())
+    del killed
+    paths = write_reports(folder, whole, _summary(whole), Privacy())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        p.name
+        for p in (
+            paths.results,
+            paths.flagged_parquet,
+            paths.flagged_csv,
+            paths.exceptions,
+            paths.summary,
+            paths.flagged_xlsx,
+            paths.changes_parquet,
+            paths.changes_csv,
+            paths.summary_html,
+        )
+    )
+    assert pl.read_parquet(paths.results).equals(whole.results)
+
+
 def test_slices_of_no_rows_still_give_every_report(tmp_path: Path) -> None:
     patients = _patients(tmp_path).clear()
     stager = ReportStager(tmp_path / "run", Privacy())
