@@ -340,6 +340,14 @@ def profile_run(bench: Bench) -> dict[str, float]:
     return breakdown(samples, run["client_cpu_ms_per_child"])
 
 
+def inbound_connections(bench: Bench) -> dict[str, float]:
+    """The endpoint's CPU per new connection, alone (bench/connections.py), beside a bare TLS server's."""
+    count = max(20, int(1000 * bench.size))
+    command = [sys.executable, str(REPO / "bench" / "connections.py"), str(bench.pki), str(count)]
+    figures: dict[str, float] = json.loads(subprocess.run(command, check=True, capture_output=True).stdout)
+    return figures
+
+
 @dataclass(frozen=True)
 class Goal:
     figure: str
@@ -399,6 +407,11 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"{'nhs_check.ratio_vs_nhs_number_package':40} {results['nhs_check']['ratio_vs_nhs_number_package']!s:>34}"
     )
+    connection = results["detail"]["inbound_connection_ms"]
+    print(
+        f"{'one inbound connection, CPU ms':40} {connection['endpoint_cpu_ms']!s:>34}"
+        f"  (Nagle peer {connection['endpoint_nagle_peer_cpu_ms']}, bare TLS server {connection['floor_cpu_ms']})"
+    )
     print("cpu_breakdown_ms_per_child:")
     for component, ms in results["cpu_breakdown_ms_per_child"].items():
         print(f"  {component:38} {ms:>34}")
@@ -441,7 +454,11 @@ def main() -> int:
         results["client_cpu_ms_per_child_keepalive"] = memory_detail["run_10k"]["client_cpu_ms_per_child"]
         results["sim_cpu_ms_per_child_keepalive"] = memory_detail["run_10k"]["sim_cpu_ms_per_child"]
         results["cpu_breakdown_ms_per_child"] = profile_run(bench)
-        results["detail"] = {"read_validate_1m": read, "memory_runs": memory_detail}
+        results["detail"] = {
+            "read_validate_1m": read,
+            "memory_runs": memory_detail,
+            "inbound_connection_ms": inbound_connections(bench),
+        }
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     results["load_average_1m_at_end"] = os.getloadavg()[0]
     args.output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -52,3 +52,7 @@ def test_the_bench_writes_every_figure(tmp_path: Path) -> None:
     assert all(_number(results["restart"][k]) for k in ("first_fresh_query_s", "ratio_first_10s"))
     assert all(_number(results["memory_mib"][k]) for k in ("read_validate_1m", "run_10k", "run_100k"))
     assert all(_number(results["nhs_check"][k]) for k in ("rows_per_s", "ratio_vs_nhs_number_package"))
+    connection = results["detail"]["inbound_connection_ms"]
+    assert all(
+        _number(connection[k]) for k in ("endpoint_cpu_ms", "endpoint_nagle_peer_cpu_ms", "floor_cpu_ms")
+    )
