@@ -407,7 +407,7 @@ class ReportStager:
         flagged_file, results_file = staged[paths.flagged_parquet], staged[paths.results]
         staged[paths.flagged_xlsx] = stage(
             paths.flagged_xlsx,
-            lambda p: write_xlsx(pl.read_parquet(flagged_file), p, "flagged"),
+            lambda p: write_xlsx(pl.scan_parquet(flagged_file), p, "flagged"),
             self._privacy,
         )
         flagged = pl.read_parquet(flagged_file, columns=_shown_columns(flagged_file, _PAGE_FLAGGED))

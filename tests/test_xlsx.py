@@ -93,3 +93,19 @@ def test_an_empty_report_has_its_header(tmp_path: Path) -> None:
     values, _, sheet = _read(path)
     assert values == [list(FRAME.columns)]
     assert sheet.freeze_panes == "A2"
+
+
+def test_rows_read_a_batch_at_a_time_give_the_same_workbook(tmp_path: Path) -> None:
+    # A date column is decided over the whole column: here its second value is not a date, so its first
+    # stays text too, though the first batch alone holds only a date.
+    frame = FRAME.with_columns(pl.Series("plan_start", ["2026-05-01", "1 May 2026", None]))
+    frame.write_parquet(tmp_path / "flagged.parquet")
+    whole, batched = tmp_path / "whole.xlsx", tmp_path / "batched.xlsx"
+    write_xlsx(frame, whole, "flagged")
+    write_xlsx(pl.scan_parquet(tmp_path / "flagged.parquet"), batched, "flagged", batch_rows=1)
+    (values, types, sheet), (batched_values, batched_types, batched_sheet) = _read(whole), _read(batched)
+    assert batched_values == values and batched_types == types
+    assert values[1][5] == "2026-05-01"
+    assert batched_sheet.auto_filter.ref == sheet.auto_filter.ref == "A1:J4"
+    widths = {key: (d.width, d.number_format) for key, d in sheet.column_dimensions.items()}
+    assert {key: (d.width, d.number_format) for key, d in batched_sheet.column_dimensions.items()} == widths
