@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import openpyxl
 import polars as pl
+import pytest
 
 from batch.xlsx import write_xlsx
 
@@ -109,3 +111,48 @@ def test_rows_read_a_batch_at_a_time_give_the_same_workbook(tmp_path: Path) -> N
     assert batched_sheet.auto_filter.ref == sheet.auto_filter.ref == "A1:J4"
     widths = {key: (d.width, d.number_format) for key, d in sheet.column_dimensions.items()}
     assert {key: (d.width, d.number_format) for key, d in batched_sheet.column_dimensions.items()} == widths
+
+
+def test_columns_are_as_wide_as_their_first_1000_values_and_keep_their_formats(tmp_path: Path) -> None:
+    path = tmp_path / "flagged.xlsx"
+    # Row 1001 is the longest value of its column: widths come from the first 1,000 rows only.
+    frame = pl.DataFrame({"note": ["x" * 20] * 1000 + ["y" * 40]})
+    write_xlsx(FRAME, path, "flagged")
+    _, _, sheet = _read(path)
+    # The longest of name and values, plus 2 (a date column at least 12); xlsxwriter adds 0.7109375.
+    widths = {"A": 14, "B": 12, "C": 32, "D": 17, "E": 12, "F": 12, "G": 18, "H": 28, "I": 17, "J": 11}
+    formats = {"E": "General", "F": "yyyy-mm-dd", "H": "General"}
+    for letter, width in widths.items():
+        dimension = sheet.column_dimensions[letter]
+        assert (dimension.width, dimension.number_format) == (width + 0.7109375, formats.get(letter, "@"))
+    header = sheet["A1"]
+    assert header.font.b and header.border.bottom.style == "thin" and header.number_format == "@"
+    write_xlsx(frame, path, "flagged")
+    _, _, sheet = _read(path)
+    assert sheet.column_dimensions["A"].width == 22 + 0.7109375
+    # A Parquet column may be named "" and hold nothing: it is 2 wide.
+    write_xlsx(pl.DataFrame({"": [None, None]}, schema={"": pl.String}), path, "flagged")
+    _, _, sheet = _read(path)
+    assert sheet.column_dimensions["A"].width == 2 + 0.7109375
+
+
+def test_other_values_in_a_text_column_are_written_as_their_text(tmp_path: Path) -> None:
+    path = tmp_path / "flagged.xlsx"
+    frame = pl.DataFrame(
+        {
+            "seen_at": [datetime(2026, 5, 1, 10, 30)],
+            "at": [datetime(2026, 5, 1, 10, 30).time()],
+        }
+    )
+    write_xlsx(frame, path, "flagged")
+    values, types, _ = _read(path)
+    assert values[1] == ["2026-05-01T10:30:00", "10:30:00"] and types[1] == ["s", "s"]
+
+
+def test_working_files_go_beside_the_workbook_not_in_the_system_temporary_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    path = tmp_path / "flagged.xlsx"
+    write_xlsx(FRAME, path, "flagged")
+    assert _read(path)[0][0] == list(FRAME.columns)
