@@ -11,8 +11,8 @@ does): a table needs column names that differ ignoring case, and a clinic list m
 xlsxwriter runs in `constant_memory` mode: each row goes to disk once written, so a workbook of tens of
 thousands of flagged children costs no more memory than a small one (in memory it held every cell as a
 Python object, over 100 MiB for a large run). The rows come from the staged Parquet file a batch at a time
-(the whole file read at once was +12.6 MiB at 44,000 flagged rows). Its working files go in the folder the workbook is staged in,
-the run's private folder, never the system temporary folder.
+(the whole file read at once was +12.6 MiB at 44,000 flagged rows). Its working files go in the folder the
+workbook is staged in, the run's private folder, never the system temporary folder.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def _acknowledge_now(transport: asyncio.BaseTransport) -> None:
     With no session tickets we send nothing after the handshake, so the peer's Finished is acknowledged only
     when the delayed-ACK timer fires, 40 ms later. A peer with Nagle's algorithm on (any client that does not
     set TCP_NODELAY, the simulator's included) holds its request until then: every reply arrived 40 ms late,
-    and the connection cost ~0.6 ms more CPU than with the ACK sent at once (measured, bench/README.md).
+    and each connection cost us ~1.3 ms more CPU than with the ACK sent at once (bench/connections.py).
     """
     sock = transport.get_extra_info("socket")
     quickack = getattr(socket, "TCP_QUICKACK", None)  # Linux only
