@@ -503,7 +503,7 @@ def _exceptions(frames: PageFrames) -> Markup:
 
 
 def summary_html_pieces(frames: PageFrames, summary: RunSummary) -> Iterator[str]:
-    """The whole page, a piece at a time, to be written as it is made ."""
+    """The whole page, a piece at a time, to be written as it is made."""
     title = f"CP-IS pre-check: {summary.job}, {summary.reference_date}"
     profile = (
         el("p", f"Profile {summary.profile}: test data, not real patients.", class_="profile")
